@@ -1,0 +1,1 @@
+"""fer_exp: facial-expression classifier experiments, configured by Hydra, recorded in MLflow."""

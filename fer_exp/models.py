@@ -1,0 +1,65 @@
+"""Model builders: plain arguments in, an uncompiled functional keras.Model out.
+
+`conf/model/<name>.yaml` picks a builder from MODELS by its `name` key; the
+other keys are the builder's keyword arguments.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import keras
+from keras import layers
+
+
+def _conv_blocks(x, filters: list[int]):
+    # The notebooks' block order: Conv -> BatchNorm -> MaxPool -> ReLU, valid padding.
+    for f in filters:
+        x = layers.Conv2D(f, 3, padding="valid")(x)
+        x = layers.BatchNormalization()(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = layers.Activation("relu")(x)
+    return x
+
+
+def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int = 128, dropout: float = 0.5, name: str = "cnn") -> keras.Model:
+    """The improved notebook's CNN: conv blocks, Flatten, Dense, Dropout, softmax."""
+    inputs = keras.Input(input_shape)
+    x = _conv_blocks(inputs, filters)
+    x = layers.Flatten()(x)
+    x = layers.Dense(dense, activation="relu")(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def deep(input_shape, num_classes: int, filters=(128, 256, 128), dense: int = 128, dropout: float = 0.5) -> keras.Model:
+    """3 conv blocks 128/256/128 + Dense 128: 856,711 parameters at 48x48x1, 7 classes."""
+    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="deep")
+
+
+def shallow(input_shape, num_classes: int, filters=(32, 64), dense: int = 128, dropout: float = 0.5) -> keras.Model:
+    """The notebook's "variation 2": 2 conv blocks 32/64 + Dense 128."""
+    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="shallow")
+
+
+def efficientnet_b2(input_shape, num_classes: int, dropout: float = 0.5) -> keras.Model:
+    """EfficientNetB2 from keras.applications, random init, on 1-channel input."""
+    inputs = keras.Input(input_shape)
+    # The backbone rescales by 1/255 itself; our inputs are already in [0, 1].
+    x = layers.Rescaling(255.0)(inputs)
+    backbone = keras.applications.EfficientNetB2(include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg")
+    x = backbone(x)
+    x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    return keras.Model(inputs, outputs, name="efficientnet_b2")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2)}
+
+
+def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:
+    """Look up `name` in MODELS and build it."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
+    return MODELS[name](tuple(input_shape), num_classes, **kwargs)

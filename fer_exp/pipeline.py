@@ -1,0 +1,36 @@
+"""The tf.data input pipeline: uint8 arrays in, augmented float batches out."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+
+def make_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    batch_size: int,
+    augmenter=None,
+    training: bool = False,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of ((B, H, W, 1) float32 in [0, 1], (B, num_classes) one-hot).
+
+    Training sets are reshuffled each epoch (seeded) and augmented per batch.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    if training:
+        ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+
+    def prepare(x, y):
+        x = tf.cast(x, tf.float32)[..., tf.newaxis] / 255.0
+        if training and augmenter is not None:
+            x = augmenter(x, training=True)
+        return x, tf.one_hot(y, num_classes)
+
+    # Deterministic order of batches; augmentation runs in parallel.
+    return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

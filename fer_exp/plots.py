@@ -1,0 +1,47 @@
+"""Figures a person would rather look at than read: curves and confusion matrices."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: files only
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def training_curves(history: dict[str, list[float]], title: str = "") -> plt.Figure:
+    """Loss and accuracy per epoch, train vs validation, side by side."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key in zip(axes, ("loss", "accuracy")):
+        for prefix, label in (("", "train"), ("val_", "validation")):
+            values = history.get(prefix + key)
+            if values:
+                ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3, label=label)
+        ax.set(xlabel="epoch", ylabel=key, title=key)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix_figure(cm: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+    """Row-normalised confusion matrix with the raw counts in each cell."""
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true")
+    ax.set_title(title or f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.1%})")
+    plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""The command line: `python -m fer_exp.run [-m] key=value ...` (a Hydra app)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# Quiet TensorFlow's C++ start-up chatter before it is imported.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from fer_exp.data import DataError  # noqa: E402
+
+log = logging.getLogger("fer_exp")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    """Train one job; returns the validation accuracy a sweeper optimises."""
+    from fer_exp.train import train  # TensorFlow loads only for a job, not for --help
+
+    hc = HydraConfig.get()
+    run_name = ",".join(hc.overrides.task) or "defaults"
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir)["val_accuracy"]
+    except DataError as e:
+        # A user error: the message says what to fix; a traceback would only hide it.
+        log.error("job %s: %s", run_name, e)
+        if not multirun:
+            sys.exit(2)
+    except Exception:
+        if not multirun:
+            raise
+        # The run is already marked FAILED; let the other jobs of the sweep go on.
+        log.exception("job %s failed", run_name)
+    return None
+
+
+if __name__ == "__main__":
+    main()

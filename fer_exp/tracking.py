@@ -1,0 +1,196 @@
+"""Everything that talks to MLflow: the store, runs, metrics, artifacts, sweeps.
+
+The default store is the project's mlruns/: a SQLite database plus an artifact
+folder, as absolute URIs (MLflow 3.17 refuses the old file store). A multirun
+gets one parent run, created before any job starts (which also creates the
+schema once, before parallel jobs could race on it); each job is a nested child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import keras
+import mlflow
+from hydra.experimental.callback import Callback
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes)
+TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
+
+
+def store_uris(directory: str | Path) -> tuple[str, str]:
+    """(tracking URI, artifact root URI) for a local store in `directory`."""
+    root = Path(directory).expanduser().resolve()
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+def configure(uri: str | None, directory: str | Path = "mlruns", experiment: str = "fer_exp") -> str:
+    """Point MLflow at the store and select (or create) the experiment; returns its id."""
+    artifacts = None
+    if not uri:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        uri, artifacts = store_uris(directory)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location=artifacts)
+    mlflow.set_experiment(experiment_id=exp_id)
+    return exp_id
+
+
+def git_state() -> dict[str, str]:
+    """Commit and dirty flag of the working tree, if it is a git checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"mlflow.source.git.commit": commit, "fer_exp.git_dirty": str(bool(dirty)).lower()}
+
+
+@contextlib.contextmanager
+def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str) -> Iterator[str]:
+    """A run (nested under the sweep's parent when there is one) with params and tags.
+
+    Ends FINISHED, or FAILED when the body raises.
+    """
+    parent = os.environ.get(PARENT_ENV)
+    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state()}
+    if parent:
+        tags[TAG_SWEEP] = parent
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags) as run:
+        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        mlflow.log_text(config_yaml, "config.yaml")
+        yield run.info.run_id
+
+
+def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
+    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+
+
+def log_text(text: str, path: str) -> None:
+    mlflow.log_text(text, path)
+
+
+def log_dict(data: dict, path: str) -> None:
+    mlflow.log_dict(data, path)
+
+
+def log_files(paths: list[str | Path], folder: str | None = None) -> None:
+    for p in paths:
+        mlflow.log_artifact(str(p), folder)
+
+
+def log_dataset(name: str, source: str, digest: str, context: str) -> None:
+    """Record a split as an MLflow dataset input, identified by its file-list digest."""
+    mlflow.log_input(MetaDataset(_Source(source), name=name, digest=digest[:36]), context=context)
+
+
+def log_keras_model(model: keras.Model, example) -> None:
+    """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model)."""
+    import tensorflow as tf
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    # Explicit requirements: skip MLflow's slow import-capturing inference.
+    reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=reqs)
+
+
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every Keras epoch metric plus the learning rate to the active run."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        mlflow.log_metrics(metrics, step=epoch)
+
+
+class _Source(DatasetSource):
+    """A dataset source that is just a path or name (folders, CSV, synthetic)."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "fer_exp"
+
+    def load(self, **kwargs):
+        return self.uri
+
+    @staticmethod
+    def _can_resolve(raw_source) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source):
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict:
+        return {"uri": self.uri}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict):
+        return cls(source_dict["uri"])
+
+
+# --- sweeps -------------------------------------------------------------------
+
+
+def child_runs(parent_id: str) -> list:
+    """The job runs nested under a sweep's parent run, oldest first."""
+    parent = MlflowClient().get_run(parent_id)
+    return MlflowClient().search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"], max_results=10000
+    )
+
+
+def summary_table(runs: list) -> str:
+    """One line per job: name, status, best validation accuracy, duration."""
+    rows = [("job", "status", "val_acc", "minutes")]
+    for r in runs:
+        acc = r.data.metrics.get("best_val_accuracy")
+        end = r.info.end_time or time.time() * 1000
+        rows.append((r.info.run_name, r.info.status, f"{acc:.4f}" if acc is not None else "-", f"{(end - r.info.start_time) / 60000:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
+
+
+class SweepRun(Callback):
+    """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        t = config.tracking
+        exp_id = configure(t.uri, t.dir, t.experiment)
+        overrides = list(config.hydra.overrides.task)
+        run = MlflowClient().create_run(
+            exp_id,
+            run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={TAG_ROLE: "sweep", "fer_exp.overrides": " ".join(overrides), "fer_exp.command": " ".join(sys.argv), **git_state()},
+        )
+        os.environ[PARENT_ENV] = run.info.run_id
+        log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        parent = os.environ.pop(PARENT_ENV, None)
+        if not parent:
+            return
+        runs = child_runs(parent)
+        failed = [r for r in runs if r.info.status != "FINISHED"]
+        MlflowClient().set_tag(parent, TAG_SWEEP, parent)
+        MlflowClient().set_terminated(parent, "FAILED" if failed else "FINISHED")
+        print(f"\nSweep {parent}: {len(runs)} job(s), {len(failed)} not finished\n{summary_table(runs)}", flush=True)
+        if failed:
+            sys.exit(1)
