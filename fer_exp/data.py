@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 # Bump when decoding changes, so old caches are not reused.
 CACHE_VERSION = 1
 CSV_USAGES = ("Training", "PublicTest", "PrivateTest")
+CSV_SIDE = 48  # fer2013.csv holds 48x48 faces
 DEFAULT_ROOT = Path("../shared/fer2013")
 
 
@@ -258,14 +259,13 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
             except ValueError:
                 bad.append((where, "non-numeric pixel values"))
                 continue
-            side = int(round(np.sqrt(values.size)))
-            if values.size == 0 or side * side != values.size:
-                bad.append((where, f"{values.size} pixel values, expected a square image (48x48 = 2304)"))
+            if values.size != CSV_SIDE * CSV_SIDE:
+                bad.append((where, f"{values.size} pixel values, expected {CSV_SIDE}x{CSV_SIDE} = {CSV_SIDE * CSV_SIDE}"))
                 continue
             if values.min() < 0 or values.max() > 255:
                 bad.append((where, "pixel values outside 0..255"))
                 continue
-            img, st = to_gray(values.reshape(side, side).astype(np.uint8), image_size)
+            img, st = to_gray(values.reshape(CSV_SIDE, CSV_SIDE).astype(np.uint8), image_size)
             for k, v in st.items():
                 stats[k] += v
             images, labels, sources = rows[usage]

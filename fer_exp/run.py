@@ -25,7 +25,8 @@ def main(cfg: DictConfig) -> float | None:
     from fer_exp.train import train  # TensorFlow loads only for a job, not for --help
 
     hc = HydraConfig.get()
-    run_name = ",".join(hc.overrides.task) or "defaults"
+    # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go is not a choice.
+    run_name = ",".join(o for o in hc.overrides.task if not o.startswith("tracking.")) or "defaults"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir)["val_accuracy"]

@@ -6,7 +6,6 @@ import hashlib
 import logging
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import keras
@@ -24,6 +23,16 @@ log = logging.getLogger(__name__)
 
 # Keys that change where results go or how much is printed, not what is trained.
 NOT_HASHED = ("tracking", "verbose")
+
+
+class _DropHdf5Notice(logging.Filter):
+    """Keras warns at every .h5 save; the notebook's format is kept on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "HDF5 file" not in record.getMessage()
+
+
+_DROP_HDF5_NOTICE = _DropHdf5Notice()
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
 
 
@@ -109,12 +118,14 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
 
         log.info("training %s (%s parameters) for up to %d epochs on %d images", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split))
         start = time.time()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*HDF5 file.*")  # the notebook's .h5 format, on purpose
-            history = model.fit(train_ds, validation_data=val_ds, epochs=c["epochs"], class_weight=weights, callbacks=make_callbacks(c, checkpoint), verbose=c["verbose"])
+        logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
+        # shuffle=False: the tf.data pipeline shuffles, seeded
+        history = model.fit(
+            train_ds, validation_data=val_ds, epochs=c["epochs"], shuffle=False, class_weight=weights, callbacks=make_callbacks(c, checkpoint), verbose=c["verbose"]
+        )
         train_seconds = time.time() - start
 
-        best = keras.models.load_model(checkpoint)
+        best = keras.models.load_model(checkpoint, compile=False)
         probs, report, report_text, cm = evaluate(best, val_ds, val_split.labels, classes)
         val_acc = float(report["accuracy"])
         hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}

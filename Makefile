@@ -1,0 +1,39 @@
+# fer_exp: `make help` lists the targets. Every target installs what it needs first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 5000
+# Extra Hydra overrides for `make sweep`, e.g. ARGS="epochs=1 data.limit_per_class=100"
+ARGS   ?=
+
+.DEFAULT_GOAL := help
+.PHONY: help install test demo sweep ui clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+
+install: $(STAMP) ## create .venv and install fer_exp with its dependencies
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: install ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
+	$(BIN)/python -m pytest
+
+demo: install ## a 4-job sweep (deep, shallow x 2 learning rates) on the built-in synthetic faces
+	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 data=synthetic epochs=3
+
+sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer2013); ARGS=... adds overrides
+	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 $(ARGS)
+
+ui: install ## the MLflow UI for mlruns/ on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share it)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+
+clean: ## remove Hydra outputs and the decoded-image cache (keeps mlruns/)
+	rm -rf outputs multirun .cache

@@ -1,0 +1,67 @@
+"""Shared fixtures: configs composed like the CLI does, and small generated data sets."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_FER = ROOT.parent / "shared" / "fer2013"
+CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.fixture
+def compose():
+    """compose(overrides) -> the DictConfig `python -m fer_exp.run <overrides>` would get."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    def _compose(overrides=()):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return hydra_compose(config_name="config", overrides=list(overrides))
+
+    return _compose
+
+
+def write_folders(root: Path, per_class: int = 3, splits=("train", "validation"), classes=CLASSES, ext: str = ".png", seed: int = 0):
+    """Class folders of synthetic faces: root/<split>/<class>/<i><ext>. Returns {split: Split}."""
+    from fer_exp.synthetic import make_split
+
+    out = {}
+    for k, split in enumerate(splits):
+        s = make_split(per_class, list(classes), 48, seed=seed + k)
+        for i, (img, label) in enumerate(zip(s.images, s.labels)):
+            folder = root / split / classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(folder / f"{i:04d}{ext}"), img)
+        out[split] = s
+    return out
+
+
+@pytest.fixture
+def folders(tmp_path):
+    root = tmp_path / "fer"
+    write_folders(root)
+    return root
+
+
+@pytest.fixture
+def tiny_rgb():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (60, 80, 3), dtype=np.uint8)
+
+
+@pytest.fixture(autouse=True)
+def no_tracking_uri_leak():
+    """mlflow.set_tracking_uri() also sets MLFLOW_TRACKING_URI, which the config reads:
+    keep one test's store out of the next test's config and subprocesses."""
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)

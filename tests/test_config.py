@@ -1,0 +1,58 @@
+import subprocess
+import sys
+
+import pytest
+
+from conftest import CONF, ROOT
+
+
+def groups(name):
+    return sorted(p.stem for p in (CONF / name).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def test_defaults_reproduce_the_notebook(compose):
+    cfg = compose()
+    assert cfg.model.name == "deep" and cfg.lr == 1e-4 and cfg.batch_size == 64 and cfg.optimizer == "adam"
+    assert cfg.augment.flip == "horizontal_and_vertical" and cfg.augment.rotation == 10
+    assert cfg.data.classes == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
+
+
+@pytest.mark.parametrize("data", groups("data"))
+@pytest.mark.parametrize("augment", groups("augment"))
+def test_every_data_and_augment_config_composes(compose, data, augment):
+    cfg = compose([f"data={data}", f"augment={augment}"])
+    assert len(cfg.data.classes) == 7 and cfg.data.image_size == 48
+    from fer_exp.augment import build_augmenter
+
+    aug = build_augmenter(**cfg.augment)
+    assert (aug is None) == (augment == "none")
+
+
+@pytest.mark.parametrize("model", groups("model"))
+def test_every_model_config_builds(compose, model):
+    from fer_exp.models import build_model
+
+    cfg = compose([f"model={model}"])
+    m = build_model(input_shape=(48, 48, 1), num_classes=len(cfg.data.classes), **cfg.model)
+    assert m.input_shape == (None, 48, 48, 1) and m.output_shape == (None, 7)
+    assert not m.compiled
+
+
+def test_deep_has_the_notebooks_parameter_count(compose):
+    from fer_exp.models import build_model
+
+    m = build_model(input_shape=(48, 48, 1), num_classes=7, **compose(["model=deep"]).model)
+    assert m.count_params() == 856_711
+
+
+def test_unknown_model_name_is_a_clear_error():
+    from fer_exp.models import build_model
+
+    with pytest.raises(ValueError, match="model.name='vgg99'.*deep"):
+        build_model("vgg99", (48, 48, 1), 7)
+
+
+def test_help_lists_groups_and_options():
+    out = subprocess.run([sys.executable, "-m", "fer_exp.run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for line in ("model: deep, efficientnet_b2, shallow", "augment: none, seed", "lr:", "batch_size:", "early_stopping:"):
+        assert line in out

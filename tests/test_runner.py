@@ -1,0 +1,93 @@
+"""The runner for real: Hydra multiruns in a subprocess, a temporary SQLite MLflow store."""
+
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, write_folders
+
+TINY = ["data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=1", "batch_size=8"]
+
+
+def run_cli(tmp_path, *args, timeout=900):
+    cmd = [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def store(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("fer_exp")
+    return client, client.search_runs([exp.experiment_id], max_results=100)
+
+
+def test_sweep_of_two_models_and_two_learning_rates(tmp_path):
+    p = run_cli(tmp_path, "-m", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    client, runs = store(tmp_path)
+    parents = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0].info.run_id
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert len(children) == 4 == len(runs) - 1
+    assert all(r.info.status == "FINISHED" for r in children)
+    names = {r.info.run_name for r in children}
+    assert {n.split(",data=")[0] for n in names} == {"model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"}
+    assert not any("tracking.dir" in n for n in names)
+    for r in children:
+        arts = {a.path for a in client.list_artifacts(r.info.run_id)}
+        assert {"model.h5", "curves.png", "confusion_matrix.png", "classification_report.json", "classification_report.txt", "config.yaml"} <= arts
+        assert {"data/class_counts.txt", "data/class_counts.json"} <= {a.path for a in client.list_artifacts(r.info.run_id, "data")}
+        for key in ("loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision", "val_recall", "lr"):
+            assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [0], key
+        assert r.data.params["model.name"] in ("deep", "shallow") and r.data.params["epochs"] == "1"
+        assert r.data.tags["fer_exp.sweep_id"] == parent and len(r.data.tags["fer_exp.config_hash"]) == 16
+        assert {d.dataset.name for d in r.inputs.dataset_inputs} == {"synthetic-train", "synthetic-validation"}
+        assert 0 <= r.data.metrics["best_val_accuracy"] <= 1 and r.data.metrics["train_seconds"] > 0
+    deep = next(r for r in children if r.data.params["model.name"] == "deep")
+    assert deep.data.metrics["params"] == 856_711
+    assert len({r.data.tags["fer_exp.config_hash"] for r in children}) == 4
+    # the logged model predicts 7 probabilities per face through the generic pyfunc API
+    model = mlflow.pyfunc.load_model(f"runs:/{deep.info.run_id}/model")
+    probs = np.asarray(model.predict(np.random.default_rng(0).random((3, 48, 48, 1), dtype=np.float32)))
+    assert probs.shape == (3, 7) and np.allclose(probs.sum(axis=1), 1, atol=1e-4)
+    assert "4 job(s), 0 not finished" in p.stdout
+
+
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
+    p = run_cli(tmp_path, "-m", "model=shallow", "batch_size=8,0", *TINY[:-1])
+    assert p.returncode == 1
+    assert "2 job(s), 1 not finished" in p.stdout
+    _, runs = store(tmp_path)
+    status = {r.info.run_name.split(",")[1]: r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "job"}
+    assert status == {"batch_size=8": "FINISHED", "batch_size=0": "FAILED"}
+    assert [r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "sweep"] == ["FAILED"]
+
+
+def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, compose):
+    from fer_exp.train import train
+
+    root = tmp_path / "fer"
+    write_folders(root, per_class=2, ext=".jpg")
+    happy = root / "train" / "happy"
+    (happy / "empty.jpg").write_bytes(b"")
+    (happy / "notes.jpg").write_text("hello")
+    cfg = compose([f"data.root={root}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    result = train(cfg, run_name="dirty", output_dir=tmp_path / "out")
+    client, runs = store(tmp_path)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["data_train_skipped"] == 2
+    assert run.data.metrics["data_train_images"] == 14
+    text = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/data/skipped_train.tsv")
+    assert "empty.jpg\tempty file" in text and "notes.jpg\tnot an image OpenCV can read" in text
+
+
+@pytest.mark.parametrize("bad", ["model=nonexistent", "model.name=vgg99"])
+def test_bad_override_fails_clearly(tmp_path, bad):
+    p = run_cli(tmp_path, bad, *TINY, timeout=300)
+    assert p.returncode != 0
+    assert ("nonexistent" in p.stderr) if bad.startswith("model=") else ("model.name='vgg99' is unknown" in p.stderr)
