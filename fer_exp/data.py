@@ -220,7 +220,8 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
     """Parse fer2013.csv (emotion,pixels,Usage) into one Split per Usage value.
 
     CSV emotion ids index `csv_classes`; they are mapped by name onto `classes`.
-    Bad rows are listed in each returned split's `skipped` under the key "" (all usages).
+    A bad row is listed in the `skipped` of its Usage's split, or of every split
+    when its Usage itself is unknown.
     """
     path = Path(path)
     if not path.is_file():
@@ -234,7 +235,7 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
         raise DataError(f"data.csv_classes {not_configured} are not in data.classes {list(classes)}")
     to_label = [classes.index(c) for c in csv_classes]
     rows: dict[str, tuple[list, list, list]] = {u: ([], [], []) for u in CSV_USAGES}
-    bad: list[tuple[str, str]] = []
+    bad: list[tuple[str | None, str, str]] = []  # (usage or None, where, why)
     stats = {"to_gray": 0, "resized": 0}
     with open(path, newline="") as f:
         reader = csv.reader(f)
@@ -245,25 +246,25 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
         for row in tqdm(reader, desc=f"read {path.name}", unit="row", mininterval=1.0):
             where = f"{path.name} line {reader.line_num}"
             if len(row) < len(header):
-                bad.append((where, f"{len(row)} columns, expected {len(header)}"))
+                bad.append((None, where, f"{len(row)} columns, expected {len(header)}"))
                 continue
             emotion, pixels, usage = row[col["emotion"]].strip(), row[col["pixels"]], row[col["Usage"]].strip()
             if usage not in rows:
-                bad.append((where, f"unknown Usage {usage!r} (expected one of {', '.join(CSV_USAGES)})"))
+                bad.append((None, where, f"unknown Usage {usage!r} (expected one of {', '.join(CSV_USAGES)})"))
                 continue
             if not emotion.isdigit() or int(emotion) >= len(csv_classes):
-                bad.append((where, f"unknown emotion id {emotion!r} (expected 0..{len(csv_classes) - 1})"))
+                bad.append((usage, where, f"unknown emotion id {emotion!r} (expected 0..{len(csv_classes) - 1})"))
                 continue
             try:
                 values = np.array(pixels.split(), dtype=np.float64)
             except ValueError:
-                bad.append((where, "non-numeric pixel values"))
+                bad.append((usage, where, "non-numeric pixel values"))
                 continue
             if values.size != CSV_SIDE * CSV_SIDE:
-                bad.append((where, f"{values.size} pixel values, expected {CSV_SIDE}x{CSV_SIDE} = {CSV_SIDE * CSV_SIDE}"))
+                bad.append((usage, where, f"{values.size} pixel values, expected {CSV_SIDE}x{CSV_SIDE} = {CSV_SIDE * CSV_SIDE}"))
                 continue
             if values.min() < 0 or values.max() > 255:
-                bad.append((where, "pixel values outside 0..255"))
+                bad.append((usage, where, "pixel values outside 0..255"))
                 continue
             img, st = to_gray(values.reshape(CSV_SIDE, CSV_SIDE).astype(np.uint8), image_size)
             for k, v in st.items():
@@ -275,7 +276,8 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
     out = {}
     for usage, (images, labels, sources) in rows.items():
         arr = np.stack(images) if images else np.zeros((0, image_size, image_size), np.uint8)
-        out[usage] = Split(arr, np.array(labels, dtype=np.int64), sources, list(bad), dict(stats))
+        skipped = [(where, why) for u, where, why in bad if u in (usage, None)]
+        out[usage] = Split(arr, np.array(labels, dtype=np.int64), sources, skipped, dict(stats))
     return out
 
 

@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -63,7 +64,7 @@ def git_state() -> dict[str, str]:
 def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str) -> Iterator[str]:
     """A run (nested under the sweep's parent when there is one) with params and tags.
 
-    Ends FINISHED, or FAILED when the body raises.
+    Ends FINISHED, or FAILED with the error as a tag and the traceback as error.txt.
     """
     parent = os.environ.get(PARENT_ENV)
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state()}
@@ -72,7 +73,12 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         mlflow.log_text(config_yaml, "config.yaml")
-        yield run.info.run_id
+        try:
+            yield run.info.run_id
+        except Exception as e:
+            mlflow.set_tag("fer_exp.error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.log_text(traceback.format_exc(), "error.txt")
+            raise
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:

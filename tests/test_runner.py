@@ -62,9 +62,12 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     p = run_cli(tmp_path, "-m", "model=shallow", "batch_size=8,0", *TINY[:-1])
     assert p.returncode == 1
     assert "2 job(s), 1 not finished" in p.stdout
-    _, runs = store(tmp_path)
-    status = {r.info.run_name.split(",")[1]: r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "job"}
-    assert status == {"batch_size=8": "FINISHED", "batch_size=0": "FAILED"}
+    client, runs = store(tmp_path)
+    jobs = {r.info.run_name.split(",")[1]: r for r in runs if r.data.tags.get("fer_exp.role") == "job"}
+    assert {k: r.info.status for k, r in jobs.items()} == {"batch_size=8": "FINISHED", "batch_size=0": "FAILED"}
+    failed = jobs["batch_size=0"]
+    assert failed.data.tags["fer_exp.error"] == "ValueError: batch_size must be >= 1, got 0"
+    assert "Traceback" in mlflow.artifacts.load_text(f"runs:/{failed.info.run_id}/error.txt")
     assert [r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "sweep"] == ["FAILED"]
 
 
