@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import signal
 import sys
 
 # Quiet TensorFlow's C++ start-up chatter before it is imported.
@@ -19,17 +21,29 @@ from fer_exp.data import DataError  # noqa: E402
 log = logging.getLogger("fer_exp")
 
 
+def _interrupt(signum, frame):
+    # SIGTERM is handled like Ctrl-C: the run ends KILLED with its last epoch checkpointed.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    """Train one job; returns the validation accuracy a sweeper optimises."""
-    from fer_exp.train import train  # TensorFlow loads only for a job, not for --help
+    """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
+    from fer_exp import tracking  # TensorFlow and MLflow load for a job, not for --help
+    from fer_exp.train import train
 
+    signal.signal(signal.SIGTERM, _interrupt)
     hc = HydraConfig.get()
-    # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go is not a choice.
-    run_name = ",".join(o for o in hc.overrides.task if not o.startswith("tracking.")) or "defaults"
+    overrides = list(hc.overrides.task)
+    # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go or resuming are not choices.
+    run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "resume="))) or "defaults"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
-        return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir)["val_accuracy"]
+        return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir, overrides=overrides)["val_accuracy"]
+    except KeyboardInterrupt:
+        log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)
+        tracking.finish_sweep("KILLED")
+        sys.exit(130)
     except DataError as e:
         # A user error: the message says what to fix; a traceback would only hide it.
         log.error("job %s: %s", run_name, e)
@@ -40,7 +54,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         # The run is already marked FAILED; let the other jobs of the sweep go on.
         log.exception("job %s failed", run_name)
-    return None
+    return math.nan
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes)
 TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
+TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
 
 
 def store_uris(directory: str | Path) -> tuple[str, str]:
@@ -61,24 +62,68 @@ def git_state() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str) -> Iterator[str]:
+def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """A run (nested under the sweep's parent when there is one) with params and tags.
 
-    Ends FINISHED, or FAILED with the error as a tag and the traceback as error.txt.
+    Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
+    KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     """
     parent = os.environ.get(PARENT_ENV)
-    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state()}
+    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
     with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         mlflow.log_text(config_yaml, "config.yaml")
+        mlflow.log_text(environment(), "environment.txt")
         try:
             yield run.info.run_id
+        except KeyboardInterrupt:
+            mlflow.set_tag(TAG_STOP, "interrupted")
+            mlflow.end_run("KILLED")
+            raise
         except Exception as e:
             mlflow.set_tag("fer_exp.error", f"{type(e).__name__}: {e}"[:5000])
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
+
+
+def environment() -> str:
+    """Python and package versions, for replaying a run."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = [f"python {sys.version.split()[0]}"]
+    for pkg in ("tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn", "hydra-core", "mlflow"):
+        try:
+            lines.append(f"{pkg}=={version(pkg)}")
+        except PackageNotFoundError:
+            pass
+    return "\n".join(lines) + "\n"
+
+
+def set_tags(tags: dict[str, str]) -> None:
+    mlflow.set_tags(tags)
+
+
+def previous_runs(experiment_id: str, config_hash: str) -> list:
+    """Job runs of the experiment with this config hash, newest first."""
+    return MlflowClient().search_runs(
+        [experiment_id], f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_ROLE}` = 'job'", order_by=["attributes.start_time DESC"]
+    )
+
+
+def download_checkpoint(run_id: str, dst: Path) -> Path | None:
+    """The `checkpoint/` folder an interrupted run left, downloaded into `dst`, or None."""
+    if not any(a.path == "checkpoint/state.json" for a in MlflowClient().list_artifacts(run_id, "checkpoint")):
+        return None
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=str(dst)))
+
+
+def note_reused(run_id: str) -> None:
+    """Tell the sweep's parent that a job reused the FINISHED run `run_id` (resume=true)."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        MlflowClient().set_tag(parent, f"{TAG_REUSED}.{run_id}", "true")
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
@@ -174,6 +219,34 @@ def summary_table(runs: list) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
+def finish_sweep(status: str | None = None) -> bool:
+    """End the current sweep's parent run, tag its best job, print the summary.
+
+    status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
+    """
+    parent = os.environ.pop(PARENT_ENV, None)
+    if not parent:
+        return True
+    client = MlflowClient()
+    runs = child_runs(parent)
+    failed = [r for r in runs if r.info.status != "FINISHED"]
+    reused = [k.split(".", 2)[2] for k in client.get_run(parent).data.tags if k.startswith(TAG_REUSED + ".")]
+    client.set_tag(parent, TAG_SWEEP, parent)
+    lines = [f"\nSweep {parent}: {len(runs)} job(s), {len(failed)} not finished"]
+    if reused:
+        lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
+    lines.append(summary_table(runs))
+    scored = [r for r in runs + [client.get_run(i) for i in reused] if r.info.status == "FINISHED" and "best_val_accuracy" in r.data.metrics]
+    if scored:
+        best = max(scored, key=lambda r: r.data.metrics["best_val_accuracy"])
+        client.set_tag(best.info.run_id, TAG_BEST, "true")
+        client.set_tag(parent, "fer_exp.best_run", best.info.run_id)
+        lines.append(f"best: {best.info.run_name} (run {best.info.run_id}), val_accuracy {best.data.metrics['best_val_accuracy']:.4f}")
+    client.set_terminated(parent, status or ("FAILED" if failed else "FINISHED"))
+    print("\n".join(lines), flush=True)
+    return not failed
+
+
 class SweepRun(Callback):
     """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
 
@@ -190,13 +263,5 @@ class SweepRun(Callback):
         log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        parent = os.environ.pop(PARENT_ENV, None)
-        if not parent:
-            return
-        runs = child_runs(parent)
-        failed = [r for r in runs if r.info.status != "FINISHED"]
-        MlflowClient().set_tag(parent, TAG_SWEEP, parent)
-        MlflowClient().set_terminated(parent, "FAILED" if failed else "FINISHED")
-        print(f"\nSweep {parent}: {len(runs)} job(s), {len(failed)} not finished\n{summary_table(runs)}", flush=True)
-        if failed:
+        if not finish_sweep():
             sys.exit(1)

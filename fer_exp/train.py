@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import tempfile
 import time
@@ -10,19 +11,22 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import classification_report, confusion_matrix
 
 from fer_exp import plots, tracking
 from fer_exp.augment import build_augmenter
-from fer_exp.data import class_weights, count_table, load_data
+from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, TimeBudget
+from fer_exp.data import Split, class_weights, count_table, load_data
 from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
 
 log = logging.getLogger(__name__)
 
-# Keys that change where results go or how much is printed, not what is trained.
-NOT_HASHED = ("tracking", "verbose")
+# Keys that change where results go, how much is printed or how a job starts, not what is trained.
+NOT_HASHED = ("tracking", "verbose", "resume", "max_minutes")
+OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
 
 
 class _DropHdf5Notice(logging.Filter):
@@ -33,7 +37,6 @@ class _DropHdf5Notice(logging.Filter):
 
 
 _DROP_HDF5_NOTICE = _DropHdf5Notice()
-OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -59,76 +62,129 @@ def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
     return OPTIMIZERS[name](learning_rate=lr)
 
 
-def make_callbacks(cfg: dict, checkpoint: Path) -> list[keras.callbacks.Callback]:
-    es = cfg["early_stopping"]
-    callbacks = [
-        # The best epoch's full model, as the notebook saved it (model.h5).
-        keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=es["monitor"], mode=es["mode"], save_best_only=True),
-        tracking.EpochLogger(),
-    ]
-    if es["patience"] > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1))
-    return callbacks
-
-
-def evaluate(model: keras.Model, ds, labels: np.ndarray, classes: list[str]) -> tuple[np.ndarray, dict, str, np.ndarray]:
-    """(probabilities, report dict, report text, confusion matrix) on one split."""
-    probs = model.predict(ds, verbose=0)
-    pred = probs.argmax(axis=1)
+def evaluate(model: keras.Model, ds, labels: np.ndarray, classes: list[str]) -> tuple[dict, str, np.ndarray]:
+    """(report dict, report text, confusion matrix) of a model on one split."""
+    pred = model.predict(ds, verbose=0).argmax(axis=1)
     ids = list(range(len(classes)))
     report = classification_report(labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
     text = classification_report(labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
-    return probs, report, text, confusion_matrix(labels, pred, labels=ids)
+    return report, text, confusion_matrix(labels, pred, labels=ids)
 
 
-def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None) -> dict:
-    """Train one model as `cfg` describes, record it in MLflow, return its key results."""
+def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str]) -> None:
+    """Print and record the class counts, the data set digests and what was skipped."""
+    table = count_table(splits, classes)
+    log.info("data from %s:\n%s", source, table)
+    tracking.log_text(table, "data/class_counts.txt")
+    tracking.log_dict({n: dict(zip(classes, s.counts(len(classes)).tolist())) for n, s in splits.items()}, "data/class_counts.json")
+    for split_name, split in splits.items():
+        tracking.log_dataset(f"{name}-{split_name}", source, split.digest, "training" if split_name == "train" else "validation")
+        stats = {f"data_{split_name}_{k}": v for k, v in split.stats.items()}
+        tracking.log_metrics({f"data_{split_name}_images": len(split), f"data_{split_name}_skipped": len(split.skipped), **stats})
+        if split.skipped:
+            tracking.log_text("\n".join(f"{src}\t{why}" for src, why in split.skipped), f"data/skipped_{split_name}.tsv")
+
+
+def find_previous(experiment_id: str, chash: str):
+    """(a FINISHED run of this config, or None; else an interrupted run with a checkpoint, or None)."""
+    runs = tracking.previous_runs(experiment_id, chash)
+    finished = next((r for r in runs if r.info.status == "FINISHED"), None)
+    interrupted = next((r for r in runs if r.info.status in ("KILLED", "FAILED") and r.data.tags.get("fer_exp.checkpoint_epoch")), None)
+    return finished, interrupted
+
+
+def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
+    """Train one model as `cfg` describes, record it in MLflow, return its key results.
+
+    With resume=true, a config that already FINISHED is not trained again, and an
+    interrupted one continues from its last completed epoch.
+    """
     c = OmegaConf.to_container(cfg, resolve=True)
     out = Path(output_dir or tempfile.mkdtemp(prefix="fer_exp-"))
     out.mkdir(parents=True, exist_ok=True)
     t = c["tracking"]
-    tracking.configure(t["uri"], t["dir"], t["experiment"])
+    exp_id = tracking.configure(t["uri"], t["dir"], t["experiment"])
+    chash = config_hash(c)
+    interrupted = None
+    if c["resume"]:
+        finished, interrupted = find_previous(exp_id, chash)
+        if finished:
+            log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished.info.run_id)
+            tracking.note_reused(finished.info.run_id)
+            return {"run_id": finished.info.run_id, "val_accuracy": finished.data.metrics.get("best_val_accuracy"), "reused": True}
+
     keras.utils.set_random_seed(c["seed"])
-    with tracking.start_run(run_name, config_hash(c), flatten(c), OmegaConf.to_yaml(cfg, resolve=True)) as run_id:
+    if c["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    tags = {"fer_exp.overrides": " ".join(overrides)}
+    if interrupted:
+        tags["fer_exp.resumed_from"] = interrupted.info.run_id
+    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(cfg, resolve=True), tags) as run_id:
         splits, source = load_data(c["data"], seed=c["seed"])
         classes, size = list(c["data"]["classes"]), int(c["data"]["image_size"])
+        log_data(splits, source, c["data"]["name"], classes)
         train_split, val_split = splits["train"], splits["validation"]
-        table = count_table(splits, classes)
-        log.info("data from %s:\n%s", source, table)
-        tracking.log_text(table, "data/class_counts.txt")
-        tracking.log_dict({n: dict(zip(classes, s.counts(len(classes)).tolist())) for n, s in splits.items()}, "data/class_counts.json")
-        for name, split in splits.items():
-            tracking.log_dataset(f"{c['data']['name']}-{name}", source, split.digest, "training" if name == "train" else "validation")
-            tracking.log_metrics({f"data_{name}_images": len(split), f"data_{name}_skipped": len(split.skipped), **{f"data_{name}_{k}": v for k, v in split.stats.items()}})
-            if split.skipped:
-                tracking.log_text("\n".join(f"{src}\t{why}" for src, why in split.skipped), f"data/skipped_{name}.tsv")
 
-        model = build_model(input_shape=(size, size, 1), num_classes=len(classes), **c["model"])
-        model.compile(
-            optimizer=make_optimizer(c["optimizer"], c["lr"]),
-            loss="categorical_crossentropy",
-            metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
-        )
+        checkpoint = out / "model.h5"  # the best epoch's full model, as the notebook saved it
+        es = c["early_stopping"]
+        best_cb = keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=es["monitor"], mode=es["mode"], save_best_only=True)
+        state = {"epoch": -1, "history": {}}
+        if interrupted:
+            folder = tracking.download_checkpoint(interrupted.info.run_id, out / "resumed")
+            state = json.loads((folder / "state.json").read_text())
+            model = keras.models.load_model(folder / "last.keras")  # with its optimizer state
+            if (folder / "best.h5").exists():
+                (folder / "best.h5").replace(checkpoint)
+                best_cb.best = state["best"]
+            log.info("resume: continuing run %s after epoch %d", interrupted.info.run_id, state["epoch"] + 1)
+        else:
+            model = build_model(input_shape=(size, size, 1), num_classes=len(classes), **c["model"])
+            model.compile(
+                optimizer=make_optimizer(c["optimizer"], c["lr"]),
+                loss="categorical_crossentropy",
+                metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
+            )
         tracking.log_metrics({"params": model.count_params()})
+
         augmenter = build_augmenter(**c["augment"], seed=c["seed"])
         train_ds = make_dataset(train_split.images, train_split.labels, len(classes), c["batch_size"], augmenter, training=True, seed=c["seed"])
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
-        checkpoint = out / "model.h5"
+
+        def publish(files: list[Path]) -> None:
+            tracking.log_files(files, "checkpoint")
+            tracking.set_tags({"fer_exp.checkpoint_epoch": str(len(epoch_ckpt.history.get("loss", [])))})
+
+        budget = TimeBudget(c["max_minutes"])
+        epoch_ckpt = EpochCheckpoint(out / "checkpoint", best_cb, publish, state["history"])
+        callbacks = [StopOnNonFinite(), best_cb, tracking.EpochLogger(), budget, epoch_ckpt]
+        stopper = None
+        if es["patience"] > 0:
+            stopper = keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1)
+            callbacks.append(stopper)
 
         log.info("training %s (%s parameters) for up to %d epochs on %d images", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split))
-        start = time.time()
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
+        start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
-        history = model.fit(
-            train_ds, validation_data=val_ds, epochs=c["epochs"], shuffle=False, class_weight=weights, callbacks=make_callbacks(c, checkpoint), verbose=c["verbose"]
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=c["epochs"],
+            initial_epoch=state["epoch"] + 1,
+            shuffle=False,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=c["verbose"],
         )
         train_seconds = time.time() - start
+        reason = "max_minutes" if budget.triggered else "early_stopping" if stopper and stopper.stopped_epoch > 0 else "epochs"
+        tracking.set_tags({tracking.TAG_STOP: reason})
 
         best = keras.models.load_model(checkpoint, compile=False)
-        probs, report, report_text, cm = evaluate(best, val_ds, val_split.labels, classes)
+        report, report_text, cm = evaluate(best, val_ds, val_split.labels, classes)
         val_acc = float(report["accuracy"])
-        hist = {k: [float(v) for v in vs] for k, vs in history.history.items()}
+        hist = epoch_ckpt.history
         plots.save(plots.training_curves(hist, title=run_name), out / "curves.png")
         plots.save(plots.confusion_matrix_figure(cm, classes, title=f"{run_name}: validation accuracy {val_acc:.1%}"), out / "confusion_matrix.png")
         (out / "classification_report.txt").write_text(report_text)
@@ -137,5 +193,5 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         tracking.log_keras_model(best, val_split.images[:2, ..., None].astype("float32") / 255.0)
         epochs_run = len(hist.get("loss", []))
         tracking.log_metrics({"best_val_accuracy": val_acc, "train_seconds": train_seconds, "epochs_run": epochs_run})
-        log.info("validation accuracy %.4f (best epoch's weights), %d epochs in %.0f s\n%s", val_acc, epochs_run, train_seconds, report_text)
-    return {"run_id": run_id, "val_accuracy": val_acc, "epochs": epochs_run, "train_seconds": train_seconds, "params": model.count_params()}
+        log.info("validation accuracy %.4f (best epoch's weights), %d epochs, stopped by %s, %.0f s\n%s", val_acc, epochs_run, reason, train_seconds, report_text)
+    return {"run_id": run_id, "val_accuracy": val_acc, "epochs": epochs_run, "train_seconds": train_seconds, "params": model.count_params(), "stop_reason": reason}

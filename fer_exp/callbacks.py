@@ -1,0 +1,70 @@
+"""Keras callbacks that keep a job safe: non-finite losses, time budgets, resumable checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Fail the job at once when the training loss becomes NaN or infinite."""
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        loss = float((logs or {}).get("loss", 0.0))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; try a lower lr")
+
+
+class TimeBudget(keras.callbacks.Callback):
+    """Stop after the epoch in progress once `max_minutes` have passed since training began."""
+
+    def __init__(self, max_minutes: float | None):
+        super().__init__()
+        self.max_minutes = max_minutes
+        self.triggered = False
+
+    def on_train_begin(self, logs=None) -> None:
+        self.start = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        if self.max_minutes and time.monotonic() - self.start >= 60 * self.max_minutes:
+            self.triggered = True
+            self.model.stop_training = True
+
+
+class EpochCheckpoint(keras.callbacks.Callback):
+    """After every epoch, save what a resumed run needs into `folder` and hand it to `publish`.
+
+    last.keras: the model with its optimizer state (so lr schedules continue);
+    state.json: the epoch, the best monitored value so far and the history;
+    best.h5: a copy of the best model so far.
+    """
+
+    def __init__(self, folder: Path, best_checkpoint: keras.callbacks.ModelCheckpoint, publish: Callable[[list[Path]], None], history: dict | None = None):
+        super().__init__()
+        self.folder, self.best_checkpoint, self.publish = Path(folder), best_checkpoint, publish
+        self.history = {k: list(v) for k, v in (history or {}).items()}
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        for k, v in (logs or {}).items():
+            self.history.setdefault(k, []).append(float(v))
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.model.save(self.folder / "last.keras")
+        best = self.best_checkpoint.best
+        state = {"epoch": epoch, "best": None if best is None else float(best), "history": self.history}
+        (self.folder / "state.json").write_text(json.dumps(state))
+        files = [self.folder / "last.keras", self.folder / "state.json"]
+        best_file = Path(self.best_checkpoint.filepath)
+        if best_file.exists():
+            shutil.copyfile(best_file, self.folder / "best.h5")
+            files.append(self.folder / "best.h5")
+        self.publish(files)

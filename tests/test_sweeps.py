@@ -1,0 +1,106 @@
+"""Sweeps that survive and replay: NaN, budgets, interrupts and resume, determinism,
+parallel jobs and Optuna, each run for real on tiny synthetic data."""
+
+import signal
+import subprocess
+import sys
+
+import mlflow
+
+from conftest import ROOT
+from test_runner import TINY, run_cli, store
+
+
+def jobs(runs):
+    return [r for r in runs if r.data.tags.get("fer_exp.role") == "job"]
+
+
+def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
+    p = run_cli(tmp_path, "optimizer=sgd", "lr=1e30", "model=shallow", *TINY[:-2], "epochs=3", "batch_size=8")
+    assert p.returncode != 0
+    _, runs = store(tmp_path)
+    (run,) = jobs(runs)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["fer_exp.error"].startswith("FloatingPointError: training loss became nan at epoch 1")
+    assert "loss" not in run.data.metrics or len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")) == 0
+
+
+def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
+    from fer_exp.train import train
+
+    cfg = compose(["model=shallow", *TINY[:-2], "epochs=5", "batch_size=8", "max_minutes=0.0001", f"tracking.dir={tmp_path / 'mlruns'}"])
+    result = train(cfg, output_dir=tmp_path / "out")
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and result["epochs"] == 1
+    assert run.data.tags["fer_exp.stop_reason"] == "max_minutes"
+
+
+def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
+    from fer_exp.train import train
+
+    cfg = compose(["model=shallow", "data=synthetic", "data.train_per_class=10", "data.val_per_class=3", "epochs=2", "batch_size=16", f"tracking.dir={tmp_path / 'mlruns'}"])
+    assert cfg.augment.rotation > 0  # augmentation on: its randomness is seeded too
+    histories = []
+    for _ in range(2):
+        run_id = train(cfg, output_dir=tmp_path / "out")["run_id"]
+        client = mlflow.MlflowClient()  # after train() has pointed MLflow at the store
+        histories.append({k: [m.value for m in client.get_metric_history(run_id, k)] for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+    assert histories[0] == histories[1] and len(histories[0]["loss"]) == 2
+    cfg.seed = 7
+    other = train(cfg, output_dir=tmp_path / "out")["run_id"]
+    assert [m.value for m in client.get_metric_history(other, "loss")] != histories[0]["loss"]
+
+
+def test_interrupted_sweep_resumes_without_retraining(tmp_path):
+    args = ["-m", "model=shallow", "lr=1e-4,1e-3", "data=synthetic", "data.train_per_class=20", "data.val_per_class=5", "epochs=4", "batch_size=16"]
+    cmd = [sys.executable, "-u", "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second_job = False
+    for line in p.stdout:
+        second_job = second_job or "#1 :" in line
+        if second_job and line.startswith("Epoch 2/"):  # epoch 1 of job #1 is checkpointed
+            p.send_signal(signal.SIGINT)
+    assert p.wait(timeout=300) == 130
+    client, runs = store(tmp_path)
+    killed = [r for r in jobs(runs) if r.info.status == "KILLED"]
+    assert len(killed) == 1 and killed[0].data.tags["fer_exp.stop_reason"] == "interrupted"
+    assert [r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "sweep"] == ["KILLED"]
+
+    again = run_cli(tmp_path, *args, "resume=true")
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert "1 job(s) already FINISHED earlier, reused" in again.stdout
+    _, runs = store(tmp_path)
+    by_lr = {}
+    for r in jobs(runs):
+        by_lr.setdefault(r.data.params["lr"], []).append(r)
+    assert sorted(r.info.status for r in by_lr["0.0001"]) == ["FINISHED"]  # not retrained
+    assert sorted(r.info.status for r in by_lr["0.001"]) == ["FINISHED", "KILLED"]
+    cont = next(r for r in by_lr["0.001"] if r.info.status == "FINISHED")
+    assert cont.data.tags["fer_exp.resumed_from"] == killed[0].info.run_id
+    assert [m.step for m in client.get_metric_history(cont.info.run_id, "loss")] == [1, 2, 3]  # epochs 2..4
+    assert cont.data.metrics["epochs_run"] == 4
+
+
+def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
+    p = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "database is locked" not in p.stdout + p.stderr
+    _, runs = store(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
+    children = jobs(runs)
+    assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert len({(r.data.params["model.name"], r.data.params["lr"]) for r in children}) == 4
+
+
+def test_optuna_search_runs_trials_as_children_and_names_the_best(tmp_path):
+    p = run_cli(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=6", *TINY[:-1])
+    assert p.returncode == 0, p.stderr[-3000:]
+    _, runs = store(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
+    children = jobs(runs)
+    assert len(children) == 6 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    best = [r for r in children if r.data.tags.get("fer_exp.best") == "true"]
+    assert len(best) == 1 and parent.data.tags["fer_exp.best_run"] == best[0].info.run_id
+    assert best[0].data.metrics["best_val_accuracy"] == max(r.data.metrics["best_val_accuracy"] for r in children)
+    assert f"best: {best[0].info.run_name}" in p.stdout
