@@ -12,12 +12,14 @@ def build_augmenter(
     zoom: float = 0.0,
     flip: str | None = None,
     fill_mode: str = "nearest",
+    erasing: float = 0.0,
     seed: int | None = None,
 ) -> keras.Sequential | None:
     """A Sequential of random layers, or None when every setting is off.
 
     rotation is in degrees; shift, shear and zoom are fractions of the image size,
-    as in ImageDataGenerator; flip is horizontal, vertical or horizontal_and_vertical.
+    as in ImageDataGenerator; flip is horizontal, vertical or horizontal_and_vertical;
+    erasing is the probability of blanking a random rectangle (random erasing).
     """
     layers = []
     if flip:
@@ -30,4 +32,6 @@ def build_augmenter(
         layers.append(keras.layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode=fill_mode, seed=seed))
     if zoom:
         layers.append(keras.layers.RandomZoom(zoom, zoom, fill_mode=fill_mode, seed=seed))
+    if erasing:
+        layers.append(keras.layers.RandomErasing(factor=erasing, value_range=(0.0, 1.0), seed=seed))
     return keras.Sequential(layers, name="augment") if layers else None

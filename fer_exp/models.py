@@ -29,7 +29,7 @@ def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int =
     x = layers.Flatten()(x)
     x = layers.Dense(dense, activation="relu")(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -51,11 +51,33 @@ def efficientnet_b2(input_shape, num_classes: int, dropout: float = 0.5) -> kera
     backbone = keras.applications.EfficientNetB2(include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg")
     x = backbone(x)
     x = layers.Dropout(dropout)(x)
-    outputs = layers.Dense(num_classes, activation="softmax")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="efficientnet_b2")
 
 
-MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2)}
+def vgg(input_shape, num_classes: int, filters=(32, 64, 128, 256), convs: int = 2, dropout: float = 0.5, block_dropout: float = 0.0) -> keras.Model:
+    """VGG-style: per block `convs` x (3x3 same Conv -> BN -> ReLU), MaxPool; then GAP, Dropout, softmax.
+
+    Sized for a CPU: 32/64/128/256 with 2 convs a block is 1.18M parameters.
+    """
+    inputs = keras.Input(input_shape)
+    x = inputs
+    for f in filters:
+        for _ in range(convs):
+            x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+        if block_dropout:
+            x = layers.Dropout(block_dropout)(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    # float32 softmax: stable under the mixed_bfloat16 policy
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="vgg")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2, vgg)}
 
 
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:

@@ -21,6 +21,7 @@ from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, TimeBudget
 from fer_exp.data import Split, class_weights, count_table, load_data
 from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
+from fer_exp.tta import predict_proba
 
 log = logging.getLogger(__name__)
 
@@ -56,19 +57,37 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_optimizer(name: str, lr: float) -> keras.optimizers.Optimizer:
+def make_optimizer(name: str, lr, weight_decay: float = 0.0, ema: bool = False) -> keras.optimizers.Optimizer:
+    """adam | adamw | sgd (Nesterov, momentum 0.9); `lr` may be a schedule."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer={name!r} is unknown; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](learning_rate=lr)
+    kwargs = {"learning_rate": lr, "weight_decay": weight_decay or None, "use_ema": ema}
+    if name == "sgd":
+        kwargs.update(momentum=0.9, nesterov=True)
+    return OPTIMIZERS[name](**kwargs)
 
 
-def evaluate(model: keras.Model, ds, labels: np.ndarray, classes: list[str]) -> tuple[dict, str, np.ndarray]:
-    """(report dict, report text, confusion matrix) of a model on one split."""
-    pred = model.predict(ds, verbose=0).argmax(axis=1)
+def make_lr(c: dict, steps_per_epoch: int):
+    """The learning rate: a constant, or cosine decay to 0 after a linear warm-up."""
+    if c["lr_schedule"] == "constant":
+        return c["lr"]
+    if c["lr_schedule"] != "cosine":
+        raise ValueError(f"lr_schedule={c['lr_schedule']!r} is unknown; choose constant or cosine")
+    warmup = int(c["warmup_epochs"] * steps_per_epoch)
+    decay = max(1, c["epochs"] * steps_per_epoch - warmup)
+    if not warmup:
+        return keras.optimizers.schedules.CosineDecay(c["lr"], decay)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=c["lr"], warmup_steps=warmup)
+
+
+def evaluate(model: keras.Model, split: Split, classes: list[str], tta_views: int) -> dict:
+    """Single-view report and confusion matrix, plus accuracy with `tta_views` views."""
+    pred = predict_proba(model, split.images, 1).argmax(axis=1)
     ids = list(range(len(classes)))
-    report = classification_report(labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
-    text = classification_report(labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
-    return report, text, confusion_matrix(labels, pred, labels=ids)
+    report = classification_report(split.labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
+    text = classification_report(split.labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
+    tta_acc = float((predict_proba(model, split.images, tta_views).argmax(axis=1) == split.labels).mean()) if tta_views > 1 else report["accuracy"]
+    return {"report": report, "text": text, "confusion": confusion_matrix(split.labels, pred, labels=ids), "accuracy": float(report["accuracy"]), "tta_accuracy": tta_acc}
 
 
 def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str]) -> None:
@@ -125,7 +144,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         log_data(splits, source, c["data"]["name"], classes)
         train_split, val_split = splits["train"], splits["validation"]
 
-        checkpoint = out / "model.h5"  # the best epoch's full model, as the notebook saved it
+        checkpoint = out / "model.h5"  # the kept full model (by default the best epoch's, as the notebook saved it)
         es = c["early_stopping"]
         best_cb = keras.callbacks.ModelCheckpoint(str(checkpoint), monitor=es["monitor"], mode=es["mode"], save_best_only=True)
         state = {"epoch": -1, "history": {}}
@@ -138,10 +157,15 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
                 best_cb.best = state["best"]
             log.info("resume: continuing run %s after epoch %d", interrupted.info.run_id, state["epoch"] + 1)
         else:
-            model = build_model(input_shape=(size, size, 1), num_classes=len(classes), **c["model"])
+            keras.mixed_precision.set_global_policy(c["precision"])
+            try:
+                model = build_model(input_shape=(size, size, 1), num_classes=len(classes), **c["model"])
+            finally:
+                keras.mixed_precision.set_global_policy("float32")
+            steps_per_epoch = -(-len(train_split) // max(1, c["batch_size"]))
             model.compile(
-                optimizer=make_optimizer(c["optimizer"], c["lr"]),
-                loss="categorical_crossentropy",
+                optimizer=make_optimizer(c["optimizer"], make_lr(c, steps_per_epoch), c["weight_decay"], c["ema"]),
+                loss=keras.losses.CategoricalCrossentropy(label_smoothing=c["label_smoothing"]),
                 metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
             )
         tracking.log_metrics({"params": model.count_params()})
@@ -181,9 +205,11 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         reason = "max_minutes" if budget.triggered else "early_stopping" if stopper and stopper.stopped_epoch > 0 else "epochs"
         tracking.set_tags({tracking.TAG_STOP: reason})
 
+        if c["keep_weights"] == "last":  # the final (EMA-averaged, with ema=true) weights, not a val-picked epoch
+            model.save(checkpoint)
         best = keras.models.load_model(checkpoint, compile=False)
-        report, report_text, cm = evaluate(best, val_ds, val_split.labels, classes)
-        val_acc = float(report["accuracy"])
+        ev = evaluate(best, val_split, classes, c["tta_views"])
+        report, report_text, cm, val_acc = ev["report"], ev["text"], ev["confusion"], ev["accuracy"]
         hist = epoch_ckpt.history
         plots.save(plots.training_curves(hist, title=run_name), out / "curves.png")
         plots.save(plots.confusion_matrix_figure(cm, classes, title=f"{run_name}: validation accuracy {val_acc:.1%}"), out / "confusion_matrix.png")
@@ -192,6 +218,12 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         tracking.log_dict(report, "classification_report.json")
         tracking.log_keras_model(best, val_split.images[:2, ..., None].astype("float32") / 255.0)
         epochs_run = len(hist.get("loss", []))
-        tracking.log_metrics({"best_val_accuracy": val_acc, "train_seconds": train_seconds, "epochs_run": epochs_run})
-        log.info("validation accuracy %.4f (best epoch's weights), %d epochs, stopped by %s, %.0f s\n%s", val_acc, epochs_run, reason, train_seconds, report_text)
-    return {"run_id": run_id, "val_accuracy": val_acc, "epochs": epochs_run, "train_seconds": train_seconds, "params": model.count_params(), "stop_reason": reason}
+        tracking.log_metrics({"best_val_accuracy": val_acc, "val_accuracy_tta": ev["tta_accuracy"], "train_seconds": train_seconds, "epochs_run": epochs_run})
+        log.info(
+            "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights), %d epochs, stopped by %s, %.0f s\n%s",
+            val_acc, ev["tta_accuracy"], c["tta_views"], c["keep_weights"], epochs_run, reason, train_seconds, report_text,
+        )
+    return {
+        "run_id": run_id, "val_accuracy": val_acc, "val_accuracy_tta": ev["tta_accuracy"], "epochs": epochs_run,
+        "train_seconds": train_seconds, "params": model.count_params(), "stop_reason": reason,
+    }

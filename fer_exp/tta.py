@@ -1,0 +1,31 @@
+"""Test-time augmentation: average the softmax over flipped and shifted views."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def make_views(images: np.ndarray, n_views: int, shift: int = 3) -> list[np.ndarray]:
+    """Up to 10 views of (N, H, W) images: the original and shifted crops, each also flipped.
+
+    Order: original, flip, then for each corner offset (+-shift, +-shift) the crop and its flip.
+    """
+    if not 1 <= n_views <= 10:
+        raise ValueError(f"tta views must be 1..10, got {n_views}")
+    h, w = images.shape[1:3]
+    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)), mode="edge")
+    views = []
+    for dy, dx in ((0, 0), (-shift, -shift), (-shift, shift), (shift, -shift), (shift, shift)):
+        crop = padded[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w]
+        views += [crop, crop[:, :, ::-1]]
+    return views[:n_views]
+
+
+def predict_proba(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
+    """Mean class probabilities over `n_views` views of uint8 (N, H, W) images."""
+    probs = None
+    for view in make_views(images, n_views):
+        x = view[..., None].astype("float32") / 255.0
+        p = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
+        probs = p if probs is None else probs + p
+    return probs / n_views

@@ -1,0 +1,71 @@
+"""The accuracy levers: VGG, schedules, mixed precision, TTA, the recipe config end to end."""
+
+import keras
+import mlflow
+import numpy as np
+import pytest
+
+from fer_exp.tta import make_views, predict_proba
+
+
+def test_tta_views_are_flips_and_shifted_crops():
+    images = np.arange(2 * 48 * 48, dtype=np.uint8).reshape(2, 48, 48)
+    views = make_views(images, 10)
+    assert len(views) == 10 and all(v.shape == images.shape for v in views)
+    np.testing.assert_array_equal(views[0], images)
+    np.testing.assert_array_equal(views[1], images[:, :, ::-1])
+    np.testing.assert_array_equal(views[2][:, 3:, 3:], images[:, :-3, :-3])  # shifted down-right by 3
+    assert len(make_views(images, 2)) == 2
+    with pytest.raises(ValueError, match="1..10"):
+        make_views(images, 11)
+
+
+def test_tta_averages_probabilities_over_views():
+    # a "model" that answers class 1 for images whose left half is brighter, else class 0
+    inputs = keras.Input((48, 48, 1))
+    left_minus_right = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, :, :24] - x[:, :, 24:], axis=(1, 2, 3)))(inputs)
+    probs = keras.layers.Lambda(lambda d: keras.ops.stack([d < 0, d > 0], axis=1))(left_minus_right)
+    model = keras.Model(inputs, keras.ops.cast(probs, "float32"))
+    img = np.zeros((1, 48, 48), np.uint8)
+    img[:, :, :24] = 200
+    np.testing.assert_allclose(predict_proba(model, img, 1), [[0, 1]])
+    np.testing.assert_allclose(predict_proba(model, img, 2), [[0.5, 0.5]])  # the flip disagrees
+
+
+def test_vgg_size_and_bf16_policy():
+    from fer_exp.models import build_model
+
+    m = build_model("vgg", (48, 48, 1), 7)
+    assert m.count_params() == 1_176_359
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        m = build_model("vgg", (48, 48, 1), 7)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert m.layers[1].compute_dtype == "bfloat16" and m.output.dtype == "float32"
+
+
+def test_cosine_schedule_warms_up_then_decays(compose):
+    from fer_exp.train import make_lr
+
+    c = {"lr_schedule": "cosine", "lr": 1e-2, "warmup_epochs": 1, "epochs": 5}
+    lr = make_lr(c, steps_per_epoch=10)
+    values = [float(lr(step)) for step in (0, 5, 10, 30, 50)]
+    assert values[0] == 0 and values[1] == pytest.approx(5e-3) and values[2] == pytest.approx(1e-2)
+    assert values[2] > values[3] > values[4] and values[4] == pytest.approx(0, abs=1e-9)
+    assert make_lr({**c, "lr_schedule": "constant"}, 10) == 1e-2
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
+        make_lr({**c, "lr_schedule": "step"}, 10)
+
+
+def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
+    from fer_exp.train import train
+
+    cfg = compose(["experiment=recipe", "data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=2", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    assert cfg.model.name == "vgg" and cfg.augment.flip == "horizontal" and cfg.ema and cfg.keep_weights == "last"
+    result = train(cfg, output_dir=tmp_path / "out")
+    run = mlflow.MlflowClient().get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["optimizer"] == "adamw"
+    assert 0 <= run.data.metrics["val_accuracy_tta"] <= 1
+    lrs = [m.value for m in mlflow.MlflowClient().get_metric_history(result["run_id"], "lr")]
+    assert len(lrs) == 2 and lrs[1] < lrs[0]  # cosine decay, logged per epoch
