@@ -159,6 +159,16 @@ def log_keras_model(model: keras.Model, example) -> None:
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=reqs)
 
 
+def load_keras_model(uri: str, tracking_uri: str | None = None, directory: str | Path = "mlruns") -> keras.Model:
+    """A Keras model from a file (.h5, .keras) or an MLflow URI (runs:/..., models:/...)."""
+    if "://" not in uri and ":/" not in uri:
+        if not Path(uri).exists():
+            raise FileNotFoundError(f"model file not found: {Path(uri).resolve()} (model=path/to/model.h5 or runs:/RUN_ID/model)")
+        return keras.models.load_model(uri, compile=False)
+    mlflow.set_tracking_uri(tracking_uri or store_uris(directory)[0])
+    return mlflow.keras.load_model(uri)
+
+
 class EpochLogger(keras.callbacks.Callback):
     """Logs every Keras epoch metric plus the learning rate to the active run."""
 
