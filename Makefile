@@ -31,7 +31,7 @@ demo: install ## a 4-job sweep (deep, shallow x 2 learning rates) on the built-i
 sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer2013); ARGS=... adds overrides
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 $(ARGS)
 
-ui: install ## the MLflow UI for mlruns/ on http://$(HOST):$(PORT) (HOST=0.0.0.0 to share it)
+ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
 
