@@ -1,8 +1,10 @@
 """The runner for real: Hydra multiruns in a subprocess, a temporary SQLite MLflow store."""
 
+import signal
 import subprocess
 import sys
 
+import cv2
 import mlflow
 import numpy as np
 import pytest
@@ -77,16 +79,61 @@ def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, comp
     root = tmp_path / "fer"
     write_folders(root, per_class=2, ext=".jpg")
     happy = root / "train" / "happy"
+    good = next(happy.iterdir()).read_bytes()
+    (happy / "corrupt.jpg").write_bytes(good[: len(good) // 2])
     (happy / "empty.jpg").write_bytes(b"")
     (happy / "notes.jpg").write_text("hello")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(happy / "colour.png"), rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    cv2.imwrite(str(happy / "big.png"), rng.integers(0, 255, (100, 100), dtype=np.uint8))
     cfg = compose([f"data.root={root}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
     result = train(cfg, run_name="dirty", output_dir=tmp_path / "out")
     client, runs = store(tmp_path)
     run = client.get_run(result["run_id"])
-    assert run.info.status == "FINISHED" and run.data.metrics["data_train_skipped"] == 2
-    assert run.data.metrics["data_train_images"] == 14
+    assert run.info.status == "FINISHED" and run.data.metrics["data_train_skipped"] == 3
+    assert run.data.metrics["data_train_images"] == 16
+    assert run.data.metrics["data_train_to_gray"] == 1 and run.data.metrics["data_train_resized"] == 1
     text = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/data/skipped_train.tsv")
+    assert "corrupt.jpg\ttruncated or corrupt JPEG" in text
     assert "empty.jpg\tempty file" in text and "notes.jpg\tnot an image OpenCV can read" in text
+
+
+def test_the_same_run_trains_from_a_csv(tmp_path, compose):
+    from test_data import write_csv
+
+    from fer_exp.train import train
+
+    written = write_folders(tmp_path / "fer", per_class=2)
+    write_csv(tmp_path / "fer2013.csv", {"Training": written["train"], "PublicTest": written["validation"]})
+    cfg = compose(["data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    result = train(cfg, output_dir=tmp_path / "out")
+    run = MlflowClient().get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.metrics["data_train_images"] == 14
+    assert {d.dataset.name for d in run.inputs.dataset_inputs} == {"fer2013_csv-train", "fer2013_csv-validation"}
+
+
+def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, caplog):
+    from fer_exp import data
+
+    monkeypatch.setattr(data, "DEFAULT_ROOT", data.Path("/nonexistent/fer2013"))
+    cfg = {"format": "folders", "root": None, "classes": ["happy", "sad"], "image_size": 48}
+    splits, source = data.load_data(cfg)
+    assert source == "synthetic" and len(splits["train"]) == 2 * 300 and "using the built-in synthetic set" in caplog.text
+    with pytest.raises(data.DataError, match="data root not found"):
+        data.load_data({**cfg, "root": "/nonexistent/fer2013"})  # an explicit root must exist
+
+
+def test_sigterm_ends_the_run_killed(tmp_path):
+    cmd = [sys.executable, "-u", "-m", "fer_exp.run", "model=shallow", *TINY[:-2], "epochs=20", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in p.stdout:
+        if line.startswith("Epoch 2/"):
+            p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=300) == 130
+    _, runs = store(tmp_path)
+    (run,) = runs
+    assert run.info.status == "KILLED" and run.data.tags["fer_exp.stop_reason"] == "interrupted"
+    assert run.data.tags["fer_exp.checkpoint_epoch"] == "1"
 
 
 @pytest.mark.parametrize("bad", ["model=nonexistent", "model.name=vgg99"])
