@@ -54,7 +54,8 @@ def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     args = ["-m", "model=shallow", "lr=1e-4,1e-3", "data=synthetic", "data.train_per_class=20", "data.val_per_class=5", "epochs=4", "batch_size=16"]
     cmd = [sys.executable, "-u", "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background jobs inherit SIGINT ignored (so would Python in the child): restore it.
+    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     second_job = False
     for line in p.stdout:
         second_job = second_job or "#1 :" in line
