@@ -5,11 +5,49 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 import keras
+
+
+_signalled: list[int] = []  # signals received in this process
+
+
+def install_signal_handlers() -> None:
+    """SIGINT/SIGTERM ask the job to stop at the next batch boundary; a second one stops at once.
+
+    Raising KeyboardInterrupt straight from a signal can land inside native code
+    (HDF5, TensorFlow) and corrupt its state, so the first signal only sets a flag.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        _signalled.append(signum)
+        if len(_signalled) > 1:
+            raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def raise_if_signalled() -> None:
+    if _signalled:
+        raise KeyboardInterrupt(f"signal {_signalled[0]}")
+
+
+class StopOnSignal(keras.callbacks.Callback):
+    """Turns a received SIGINT/SIGTERM into KeyboardInterrupt between batches."""
+
+    def on_train_batch_end(self, batch: int, logs=None) -> None:
+        raise_if_signalled()
+
+    def on_test_batch_end(self, batch: int, logs=None) -> None:
+        raise_if_signalled()
 
 
 class StopOnNonFinite(keras.callbacks.Callback):

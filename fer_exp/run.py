@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import signal
 import sys
 
 # Quiet TensorFlow's C++ start-up chatter before it is imported.
@@ -21,24 +20,22 @@ from fer_exp.data import DataError  # noqa: E402
 log = logging.getLogger("fer_exp")
 
 
-def _interrupt(signum, frame):
-    # SIGTERM is handled like Ctrl-C: the run ends KILLED with its last epoch checkpointed.
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
     from fer_exp import tracking  # TensorFlow and MLflow load for a job, not for --help
+    from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.train import train
 
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
+    install_signal_handlers()
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go or resuming are not choices.
     run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "resume="))) or "defaults"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
+        raise_if_signalled()  # a signal during the previous job's final logging stops the sweep here
         return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir, overrides=overrides)["val_accuracy"]
     except KeyboardInterrupt:
         log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)

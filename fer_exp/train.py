@@ -17,7 +17,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 from fer_exp import plots, tracking
 from fer_exp.augment import build_augmenter
-from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, TimeBudget
+from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, StopOnSignal, TimeBudget
 from fer_exp.data import Split, class_weights, count_table, load_data
 from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
@@ -182,7 +182,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
 
         budget = TimeBudget(c["max_minutes"])
         epoch_ckpt = EpochCheckpoint(out / "checkpoint", best_cb, publish, state["history"])
-        callbacks = [StopOnNonFinite(), best_cb, tracking.EpochLogger(), budget, epoch_ckpt]
+        callbacks = [StopOnSignal(), StopOnNonFinite(), best_cb, tracking.EpochLogger(), budget, epoch_ckpt]
         stopper = None
         if es["patience"] > 0:
             stopper = keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1)
