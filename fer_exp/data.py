@@ -282,18 +282,26 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
 
 
 def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes: list[str], image_size: int = 48, cache_dir: str | None = None) -> Split:
-    """One Usage of fer2013.csv as a Split, through the on-disk cache."""
+    """One Usage of fer2013.csv as a Split, through the on-disk cache.
+
+    A cache miss parses the file once and caches every Usage, so the next split loads from cache.
+    """
     if usage not in CSV_USAGES:
         raise DataError(f"CSV split {usage!r} is not a Usage value; use one of {', '.join(CSV_USAGES)}")
     st = Path(path).stat() if Path(path).is_file() else None
     entries = [(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)] if st else []
-    digest = files_digest(entries, {"kind": "csv", "usage": usage, "size": image_size, "classes": list(classes), "csv": list(csv_classes)})
-    cache = _cache_path(cache_dir, f"{Path(path).stem}-{usage}", digest)
-    split = _read_cache(cache) if st else None
+
+    def cache_for(u: str) -> tuple[str, Path | None]:
+        digest = files_digest(entries, {"kind": "csv", "usage": u, "size": image_size, "classes": list(classes), "csv": list(csv_classes)})
+        return digest, _cache_path(cache_dir, f"{Path(path).stem}-{u}", digest)
+
+    split = _read_cache(cache_for(usage)[1]) if st else None
     if split is None:
-        split = read_csv_splits(path, classes, csv_classes, image_size)[usage]
-        split.digest = digest
-        _write_cache(cache, split)
+        for u, parsed in read_csv_splits(path, classes, csv_classes, image_size).items():
+            parsed.digest, cache = cache_for(u)
+            _write_cache(cache, parsed)
+            if u == usage:
+                split = parsed
     return split
 
 

@@ -48,7 +48,9 @@ def test_csv_and_folders_give_identical_arrays_and_labels(tmp_path, compose):
     written = write_folders(tmp_path / "fer", per_class=3)
     write_csv(tmp_path / "fer2013.csv", {"Training": written["train"], "PublicTest": written["validation"]})
     from_folders, _ = load_data(data_cfg(compose, f"data.root={tmp_path / 'fer'}", "data.cache_dir=null"))
-    from_csv, _ = load_data(data_cfg(compose, "data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", "data.cache_dir=null"))
+    csv_cfg = data_cfg(compose, "data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", f"data.cache_dir={tmp_path / 'cache'}")
+    from_csv, _ = load_data(csv_cfg)
+    assert len(list((tmp_path / "cache").glob("fer2013-*.npz"))) == 3  # one parse cached every Usage
     for name in ("train", "validation"):
         np.testing.assert_array_equal(from_csv[name].labels, from_folders[name].labels)
         np.testing.assert_array_equal(from_csv[name].images, from_folders[name].images)

@@ -45,7 +45,7 @@ def test_vgg_size_and_bf16_policy():
     assert m.layers[1].compute_dtype == "bfloat16" and m.output.dtype == "float32"
 
 
-def test_cosine_schedule_warms_up_then_decays(compose):
+def test_cosine_schedule_warms_up_then_decays():
     from fer_exp.train import make_lr
 
     c = {"lr_schedule": "cosine", "lr": 1e-2, "warmup_epochs": 1, "epochs": 5}
