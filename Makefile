@@ -9,7 +9,7 @@ PORT   ?= 5000
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo sweep ui clean
+.PHONY: help install test demo sweep ui bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -34,6 +34,9 @@ sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer201
 ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT= to change)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
 		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+
+bench: install ## measured speed and memory (needs ../shared/fer2013; ~10 min); table + benchmarks/results.json
+	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean: ## remove Hydra outputs and the decoded-image cache (keeps mlruns/)
 	rm -rf outputs multirun .cache

@@ -48,14 +48,14 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     from sklearn.metrics import classification_report, confusion_matrix
 
     from fer_exp import plots
-    from fer_exp.tta import predict_proba
+    from fer_exp.tta import view_probabilities
 
     size = int(model.input_shape[1])
     split, labelled = read_folder(data_dir, classes, size)
     for src, why in split.skipped:
         log.warning("skipped %s: %s", src, why)
-    single = predict_proba(model, split.images, 1, batch_size)
-    probs = predict_proba(model, split.images, tta, batch_size) if tta > 1 else single
+    views = view_probabilities(model, split.images, tta, batch_size)
+    single, probs = views[0], views.mean(axis=0)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"images": len(split), "skipped": len(split.skipped), "predictions": out / "predictions.csv"}

@@ -21,7 +21,7 @@ from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, StopOnSignal, Ti
 from fer_exp.data import Split, class_weights, count_table, load_data
 from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
-from fer_exp.tta import predict_proba
+from fer_exp.tta import view_probabilities
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,30 @@ def make_lr(c: dict, steps_per_epoch: int):
     return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=c["lr"], warmup_steps=warmup)
 
 
+def compile_model(c: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
+    """The model, optimizer, loss and metrics that the resolved config `c` describes."""
+    size = int(c["data"]["image_size"])
+    keras.mixed_precision.set_global_policy(c["precision"])
+    try:
+        model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **c["model"])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model.compile(
+        optimizer=make_optimizer(c["optimizer"], make_lr(c, steps_per_epoch), c["weight_decay"], c["ema"]),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=c["label_smoothing"]),
+        metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
+    )
+    return model
+
+
 def evaluate(model: keras.Model, split: Split, classes: list[str], tta_views: int) -> dict:
     """Single-view report and confusion matrix, plus accuracy with `tta_views` views."""
-    pred = predict_proba(model, split.images, 1).argmax(axis=1)
+    probs = view_probabilities(model, split.images, tta_views)
+    pred = probs[0].argmax(axis=1)
     ids = list(range(len(classes)))
     report = classification_report(split.labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
     text = classification_report(split.labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
-    tta_acc = float((predict_proba(model, split.images, tta_views).argmax(axis=1) == split.labels).mean()) if tta_views > 1 else report["accuracy"]
+    tta_acc = float((probs.mean(axis=0).argmax(axis=1) == split.labels).mean())
     return {"report": report, "text": text, "confusion": confusion_matrix(split.labels, pred, labels=ids), "accuracy": float(report["accuracy"]), "tta_accuracy": tta_acc}
 
 
@@ -141,7 +158,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         tags["fer_exp.resumed_from"] = interrupted.info.run_id
     with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(cfg, resolve=True), tags) as run_id:
         splits, source = load_data(c["data"], seed=c["seed"])
-        classes, size = list(c["data"]["classes"]), int(c["data"]["image_size"])
+        classes = list(c["data"]["classes"])
         log_data(splits, source, c["data"]["name"], classes)
         train_split, val_split = splits["train"], splits["validation"]
 
@@ -158,17 +175,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
                 best_cb.best = state["best"]
             log.info("resume: continuing run %s after epoch %d", interrupted.info.run_id, state["epoch"] + 1)
         else:
-            keras.mixed_precision.set_global_policy(c["precision"])
-            try:
-                model = build_model(input_shape=(size, size, 1), num_classes=len(classes), **c["model"])
-            finally:
-                keras.mixed_precision.set_global_policy("float32")
-            steps_per_epoch = -(-len(train_split) // max(1, c["batch_size"]))
-            model.compile(
-                optimizer=make_optimizer(c["optimizer"], make_lr(c, steps_per_epoch), c["weight_decay"], c["ema"]),
-                loss=keras.losses.CategoricalCrossentropy(label_smoothing=c["label_smoothing"]),
-                metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
-            )
+            model = compile_model(c, len(classes), -(-len(train_split) // max(1, c["batch_size"])))
         tracking.log_metrics({"params": model.count_params()})
 
         augmenter = build_augmenter(**c["augment"], seed=c["seed"])

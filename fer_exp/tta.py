@@ -21,11 +21,19 @@ def make_views(images: np.ndarray, n_views: int, shift: int = 3) -> list[np.ndar
     return views[:n_views]
 
 
+def view_probabilities(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities (n_views, N, classes) for each view of uint8 (N, H, W) images.
+
+    One predict call over all views (a call costs ~0.1 s of set-up); views are scaled per batch.
+    """
+    import tensorflow as tf
+
+    views = np.concatenate(make_views(images, n_views))[..., None]
+    ds = tf.data.Dataset.from_tensor_slices(views).batch(batch_size).map(lambda x: tf.cast(x, tf.float32) / 255.0)
+    probs = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    return probs.reshape(n_views, len(images), -1)
+
+
 def predict_proba(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
     """Mean class probabilities over `n_views` views of uint8 (N, H, W) images."""
-    probs = None
-    for view in make_views(images, n_views):
-        x = view[..., None].astype("float32") / 255.0
-        p = np.asarray(model.predict(x, batch_size=batch_size, verbose=0), dtype=np.float64)
-        probs = p if probs is None else probs + p
-    return probs / n_views
+    return view_probabilities(model, images, n_views, batch_size).mean(axis=0)

