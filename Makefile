@@ -5,11 +5,16 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
+# The MLflow store that `make ui`, `make compare` and `make serve` read
+STORE  ?= $(CURDIR)/mlruns
+# What `make serve` serves, and where
+MODEL  ?= models:/fer@champion
+SERVE_PORT ?= 5001
 # Extra Hydra overrides for `make sweep`, e.g. ARGS="epochs=1 data.limit_per_class=100"
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo sweep ui bench clean
+.PHONY: help install test demo sweep ui compare serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -31,9 +36,15 @@ demo: install ## a 4-job sweep (deep, shallow x 2 learning rates) on the built-i
 sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer2013); ARGS=... adds overrides
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 $(ARGS)
 
-ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT= to change)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root file://$(CURDIR)/mlruns/artifacts --host $(HOST) --port $(PORT)
+ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=, STORE= to change)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT)
+
+compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
+	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
+
+serve: install ## REST predictions from MODEL (default models:/fer@champion) on http://127.0.0.1:5001/invocations
+	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(STORE)/mlflow.db \
+		$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
 bench: install ## measured speed and memory (needs ../shared/fer2013; ~10 min); table + benchmarks/results.json
 	$(BIN)/python benchmarks/bench.py $(ARGS)

@@ -42,6 +42,36 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], title: str = "")
     return fig
 
 
+STATUS_COLOURS = {"FINISHED": "tab:blue", "RUNNING": "tab:orange", "FAILED": "tab:red", "KILLED": "tab:gray"}
+
+
+def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figure:
+    """Jobs as bars, best first, coloured by status; then the metric by each differing setting.
+
+    rows: dicts with label, status, value (None: not measured yet) and settings {key: value}.
+    """
+    keys = list(rows[0]["settings"]) if rows else []
+    fig, axes = plt.subplots(1, 1 + len(keys), figsize=(6 + 3 * len(keys), 1.5 + 0.4 * len(rows)), squeeze=False)
+    values = [r["value"] if r["value"] is not None else 0.0 for r in rows]
+    colours = [STATUS_COLOURS.get(r["status"], "tab:gray") for r in rows]
+    ax, y = axes[0, 0], np.arange(len(rows))[::-1]
+    ax.barh(y, values, color=colours)
+    for yi, r, v in zip(y, rows, values):
+        ax.text(v, yi, f" {v:.3f}" + ("" if r["status"] == "FINISHED" else f" {r['status']}"), va="center", fontsize=8)
+    ax.set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    ax.set(xlabel=metric, xlim=(0, max(values + [1e-9]) * 1.3), title="jobs, best first")
+    for ax, key in zip(axes[0, 1:], keys):
+        levels = sorted({r["settings"][key] for r in rows})
+        ax.scatter([levels.index(r["settings"][key]) for r in rows], values, c=colours)
+        ax.set_xticks(range(len(levels)), levels, fontsize=8)
+        ax.set(xlabel=key, ylabel=metric, title=f"by {key}", xlim=(-0.5, len(levels) - 0.5))
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

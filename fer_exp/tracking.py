@@ -23,6 +23,7 @@ import mlflow
 from hydra.experimental.callback import Callback
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes)
 TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
 TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
+CHAMPION = "champion"  # the registry alias of the best model so far
 
 
 def store_uris(directory: str | Path) -> tuple[str, str]:
@@ -229,9 +231,33 @@ def summary_table(runs: list) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
 
 
-def finish_sweep(status: str | None = None) -> bool:
+def register_champion(run, metric: str = "best_val_accuracy") -> str | None:
+    """Register the run's model under its data's registry name (param data.register_as, e.g. `fer`).
+
+    The alias `champion` moves to it when it beats the current champion on `metric`.
+    Returns what was done, or None when the run's data has no registry name.
+    """
+    name = run.data.params.get("data.register_as")
+    if not name or name == "None":
+        return None
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    version = found[0] if found else mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+    score, best = run.data.metrics[metric], None
+    with contextlib.suppress(MlflowException):
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+        best = client.get_run(champion.run_id).data.metrics.get(metric)
+    if best is not None and score <= best:
+        return f"model {name} version {version.version} registered; {name}@{CHAMPION} stays version {champion.version} ({metric} {best:.4f} >= {score:.4f})"
+    client.set_registered_model_alias(name, CHAMPION, version.version)
+    return f"model {name} version {version.version} is now models:/{name}@{CHAMPION} ({metric} {score:.4f})"
+
+
+def finish_sweep(status: str | None = None, out_dir: str | Path | None = None) -> bool:
     """End the current sweep's parent run, tag its best job, print the summary.
 
+    The best FINISHED job's model is registered (see register_champion) and, with
+    out_dir, the comparison plot is written there and logged to the parent run.
     status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
     """
     parent = os.environ.pop(PARENT_ENV, None)
@@ -252,6 +278,15 @@ def finish_sweep(status: str | None = None) -> bool:
         client.set_tag(best.info.run_id, TAG_BEST, "true")
         client.set_tag(parent, "fer_exp.best_run", best.info.run_id)
         lines.append(f"best: {best.info.run_name} (run {best.info.run_id}), val_accuracy {best.data.metrics['best_val_accuracy']:.4f}")
+        if note := register_champion(best):
+            lines.append(note)
+    if out_dir and runs:
+        from fer_exp.compare import compare
+
+        try:
+            lines.append(f"comparison: {compare(client, client.get_run(parent), 'best_val_accuracy', Path(out_dir))[1]}")
+        except Exception as e:  # a plot must not fail a finished sweep
+            log.warning("could not draw the sweep comparison: %s", e)
     client.set_terminated(parent, status or ("FAILED" if failed else "FINISHED"))
     print("\n".join(lines), flush=True)
     return not failed
@@ -273,5 +308,5 @@ class SweepRun(Callback):
         log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
-        if not finish_sweep():
+        if not finish_sweep(out_dir=config.hydra.sweep.dir):
             sys.exit(1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -65,3 +67,19 @@ def no_tracking_uri_leak():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     yield
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+
+TINY = ["data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=1", "batch_size=8"]
+
+
+def run_cli(tmp_path, *args, timeout=900):
+    """`python -m fer_exp.run ARGS` with its store and outputs under tmp_path."""
+    cmd = [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory):
+    """(folder, finished process) of one real 4-job sweep (deep, shallow x 2 lr) on tiny synthetic data."""
+    tmp = tmp_path_factory.mktemp("tiny_sweep")
+    return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)

@@ -10,15 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, write_folders
-
-TINY = ["data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=1", "batch_size=8"]
-
-
-def run_cli(tmp_path, *args, timeout=900):
-    cmd = [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
+from conftest import ROOT, TINY, run_cli, write_folders
 
 def store(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -27,8 +19,8 @@ def store(tmp_path):
     return client, client.search_runs([exp.experiment_id], max_results=100)
 
 
-def test_sweep_of_two_models_and_two_learning_rates(tmp_path):
-    p = run_cli(tmp_path, "-m", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
+    tmp_path, p = tiny_sweep
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
     client, runs = store(tmp_path)
     parents = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]

@@ -1,0 +1,172 @@
+"""Using a sweep's results: compare, the model registry, serving over HTTP, the MLflow UI in a browser."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT
+from fer_exp import compare, tracking
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+@pytest.fixture
+def sweep_store(tiny_sweep):
+    """(tmp folder, client on the tiny sweep's store, parent run id, its child runs)."""
+    tmp, p = tiny_sweep
+    assert p.returncode == 0, p.stderr[-3000:]
+    mlflow.set_tracking_uri(tracking.store_uris(tmp / "mlruns")[0])
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("fer_exp")
+    parent = client.search_runs([exp.experiment_id], "tags.`fer_exp.role` = 'sweep'")[0].info.run_id
+    return tmp, client, parent, tracking.child_runs(parent)
+
+
+def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
+    tmp, client, parent, children = sweep_store
+    assert "compare.png" in {a.path for a in client.list_artifacts(parent)}  # drawn when the sweep ended
+    p = subprocess.run(
+        [sys.executable, "-m", "fer_exp.compare", f"tracking_dir={tmp / 'mlruns'}", f"out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    lines = p.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("#"))
+    rows = lines[header + 1 : header + 5]
+    assert lines[header].split()[:5] == ["#", "job", "status", "best_val_accuracy", "tta"]
+    jobs = [r.split()[1] for r in rows]
+    assert sorted(jobs) == sorted(["model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"])
+    scores = [float(r.split()[3]) for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    expected = sorted((r.data.metrics["best_val_accuracy"] for r in children), reverse=True)
+    assert scores == pytest.approx(expected, abs=1e-4)
+    assert all(r.split()[2] == "FINISHED" for r in rows)
+    assert (tmp_path / parent / "compare.png").stat().st_size > 10_000
+
+
+def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
+    exp = tracking.configure(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    parent = client.create_run(exp, run_name="sweep now", tags={tracking.TAG_ROLE: "sweep"}).info.run_id
+    done = client.create_run(exp, run_name="a", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.01 seed=1"})
+    client.log_metric(done.info.run_id, "best_val_accuracy", 0.30)
+    client.set_terminated(done.info.run_id)
+    running = client.create_run(exp, run_name="b", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.001 seed=1"})
+    for step, acc in enumerate([0.2, 0.5, 0.4]):
+        client.log_metric(running.info.run_id, "val_accuracy", acc, step=step)
+    rows = compare.job_rows(client, tracking.child_runs(parent), "best_val_accuracy")
+    assert [(r["label"], r["status"], r["value"], r["best_epoch"]) for r in rows] == [
+        ("lr=0.001", "RUNNING", 0.5, "2/3"),
+        ("lr=0.01", "FINISHED", 0.30, "-"),
+    ]
+    text, png = compare.compare(client, client.get_run(parent), "best_val_accuracy", tmp_path / "out")
+    assert "RUNNING" in text and png.exists()
+
+
+def test_compare_errors_are_clear(tmp_path):
+    assert compare.main([f"tracking_dir={tmp_path / 'none'}"]) == 2
+    exp = tracking.configure(None, tmp_path / "mlruns")
+    run = MlflowClient().create_run(exp).info.run_id
+    assert compare.main([f"tracking_dir={tmp_path / 'mlruns'}"]) == 2  # no sweep yet
+    with pytest.raises(compare.CompareError, match="not a sweep"):
+        compare.find_sweep(MlflowClient(), "fer_exp", run)
+
+
+def test_best_model_is_registered_and_champion_moves_only_when_beaten(sweep_store):
+    tmp, client, parent, children = sweep_store
+    best = max(children, key=lambda r: r.data.metrics["best_val_accuracy"])
+    champion = client.get_model_version_by_alias("fer-synthetic", "champion")
+    assert champion.run_id == best.info.run_id
+    worse = next(r for r in children if r.info.run_id != best.info.run_id)  # no better than the best (ties stay)
+    assert "stays" in tracking.register_champion(worse)
+    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == best.info.run_id
+    client.log_metric(worse.info.run_id, "best_val_accuracy", 1.0)  # now it beats the champion
+    assert "is now models:/fer-synthetic@champion" in tracking.register_champion(client.get_run(worse.info.run_id))
+    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == worse.info.run_id
+    assert len(client.search_model_versions("name = 'fer-synthetic'")) == 2  # no duplicate version for a run
+
+
+def test_champion_is_served_over_http(sweep_store):
+    tmp, client, parent, children = sweep_store
+    port = free_port()
+    # the scoring server starts `uvicorn` from PATH: the venv's bin, as after `. .venv/bin/activate`
+    path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
+    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking.store_uris(tmp / "mlruns")[0]}
+    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer-synthetic@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+    server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/ping", server)
+        faces = np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": faces.tolist()}).encode(), {"Content-Type": "application/json"}
+        )
+        served = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
+    finally:
+        server.terminate()
+        server.wait(30)
+    local = np.asarray(tracking.load_keras_model("models:/fer-synthetic@champion", env["MLFLOW_TRACKING_URI"])(faces))
+    assert served.shape == (2, 7) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
+    np.testing.assert_allclose(served, local, atol=1e-5)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs Debian's chromium)")
+def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
+    playwright = pytest.importorskip("playwright.sync_api")
+    tmp, client, parent, children = sweep_store
+    port = free_port()
+    # the command `make ui` runs (dry run: print it), pointed at the test's store
+    dry = subprocess.run(["make", "-s", "-n", "ui", f"STORE={tmp / 'mlruns'}", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True)
+    command = dry.stdout.strip().splitlines()[-1].replace("\\\n", " ")
+    assert "--host 127.0.0.1" in command
+    server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    shot = ROOT / "outputs" / "test-screenshots" / "mlflow-ui-sweep.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health", server)
+        exp_id = client.get_run(parent).info.experiment_id
+        with playwright.sync_playwright() as pw:
+            browser = pw.chromium.launch(
+                executable_path=CHROMIUM,
+                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+            )
+            page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
+            sweep_cell = page.locator("[role=gridcell]", has_text="sweep ").first
+            sweep_cell.wait_for(timeout=60_000)
+            sweep_cell.locator("button").first.click()  # the expander: the sweep's jobs are nested under it
+            for r in children:
+                page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=30_000)
+            page.screenshot(path=str(shot), full_page=True)
+            browser.close()
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+    assert shot.stat().st_size > 20_000
