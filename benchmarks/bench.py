@@ -17,10 +17,10 @@ Sections (each prints its rows as it goes; all figures end up in one JSON file):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -139,24 +139,26 @@ class Clock(keras.callbacks.Callback):
 
     def __init__(self, warm: int, budget: float, steps: int | None = None):
         super().__init__()
-        self.warm, self.budget, self.steps, self.times = warm, budget, steps, []
+        self.warm, self.budget, self.steps, self.times, self.cpu = warm, budget, steps, [], []
 
     def on_train_batch_end(self, batch, logs=None):
         self.times.append(time.perf_counter())
+        self.cpu.append(time.process_time())
         timed = len(self.times) - self.warm
         if timed > 0 and (timed == self.steps or (self.steps is None and self.times[-1] - self.times[self.warm - 1] >= self.budget)):
             self.model.stop_training = True
 
-    def seconds_per_step(self) -> tuple[float, int]:
+    def per_step(self) -> tuple[float, float, int]:
+        """(wall seconds, CPU seconds of this process, steps timed) per step."""
         timed = len(self.times) - self.warm
-        return (self.times[-1] - self.times[self.warm - 1]) / timed, timed
+        return (self.times[-1] - self.times[self.warm - 1]) / timed, (self.cpu[-1] - self.cpu[self.warm - 1]) / timed, timed
 
 
-def step_time(model, ds, budget: float, steps: int | None = None, warm: int = 3) -> tuple[float, int]:
-    """(seconds per training step, steps timed) for `model.fit` on `ds`."""
+def step_time(model, ds, budget: float, steps: int | None = None, warm: int = 3) -> tuple[float, float, int]:
+    """(wall seconds, CPU seconds, steps timed) per training step of `model.fit` on `ds`."""
     clock = Clock(warm, budget, steps)
     model.fit(ds, epochs=1, steps_per_epoch=warm + (steps or 100_000), verbose=0, shuffle=False, callbacks=[clock])
-    return clock.seconds_per_step()
+    return clock.per_step()
 
 
 def bench_training(results: dict, train: Split, names: list[str], budget: float) -> None:
@@ -176,16 +178,18 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float)
         fed = make_dataset(train.images, train.labels, 7, bs, aug, training=True, seed=c["seed"])
         pool = [(x.numpy(), y.numpy()) for x, y in fed.take(16)]
         in_memory = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(part) for part in zip(*pool))).repeat().batch(bs)
-        times = {"in-memory": [], "pipeline": []}
-        steps = None
+        wall, cpu, steps = {"mem": [], "fed": []}, {"mem": [], "fed": []}, None
         for _ in range(2):
-            t, steps = step_time(model, in_memory, budget / 2, steps)
-            times["in-memory"].append(t)
-            times["pipeline"].append(step_time(model, fed, budget / 2, steps)[0])
-        t_mem, t_fed = np.mean(times["in-memory"]), np.mean(times["pipeline"])
+            for mode, ds in (("mem", in_memory), ("fed", fed)):
+                seconds, cpu_seconds, steps = step_time(model, ds, budget / 2, steps)
+                wall[mode].append(seconds)
+                cpu[mode].append(cpu_seconds)
+        t_mem, t_fed = np.mean(wall["mem"]), np.mean(wall["fed"])
+        spread = " / ".join(f"{m / f:.3f}" for m, f in zip(wall["mem"], wall["fed"]))
         row(results, "training", f"{name} (batch {bs}): in-memory tensors", bs / t_mem, "images/s", f"2 x {steps} steps")
         row(results, "training", f"{name} (batch {bs}): fed by the pipeline", bs / t_fed, "images/s", f"2 x {steps} steps")
-        row(results, "training", f"{name}: pipeline / in-memory", t_mem / t_fed, "ratio", "target >= 0.95")
+        row(results, "training", f"{name}: pipeline / in-memory", t_mem / t_fed, "ratio", f"target >= 0.95; the 2 pairs: {spread}")
+        row(results, "training", f"{name}: CPU time per step, in-memory / pipeline", np.mean(cpu["mem"]) / np.mean(cpu["fed"]), "ratio", "extra work the pipeline adds")
         row(results, "training", f"{name}: seconds per epoch", t_fed * per_epoch, "s", f"{per_epoch} steps of {bs}, no validation")
         keras.backend.clear_session()
 
@@ -261,7 +265,10 @@ def peer_model(cache: Path):
 
 def inference_rates(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, float, float]:
     """(probabilities, images/s in batches of `batch`, median ms for one image)."""
-    call = tf.function(lambda t: model(t, training=False))
+    @tf.function(autograph=False)
+    def call(t):
+        return model(t, training=False)
+
     call(x[:batch]), call(x[:1])  # trace both shapes
     start = time.perf_counter()
     probs = np.concatenate([call(x[i : i + batch]).numpy() for i in range(0, len(x), batch)])
@@ -301,17 +308,26 @@ def bench_inference(results: dict, val: Split, classes: list[str], model_uri: st
 # --- memory -------------------------------------------------------------------
 
 
+def peak_rss_gib(pid: int | str = "self") -> float:
+    """VmHWM: the process's peak resident memory since its exec (ru_maxrss would include the
+    memory of the parent it was forked from)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) / 2**20
+
+
 def bench_memory(results: dict, root: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "fer_exp.run", "model=shallow", "epochs=1", f"data.root={root.resolve()}", f"tracking.dir={tmp}/mlruns", f"hydra.run.dir={tmp}/run"]
-        start = time.perf_counter()
+        start, peak = time.perf_counter(), 0.0
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        while proc.poll() is None:
+            with contextlib.suppress(OSError, StopIteration):  # the process may end between poll and read
+                peak = max(peak, peak_rss_gib(proc.pid))
+            time.sleep(0.2)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    row(results, "memory", "peak RSS, `model=shallow epochs=1` full data", usage.ru_maxrss / 2**20, "GiB", f"target < 3 GiB, {time.perf_counter() - start:.0f} s")
-    row(results, "memory", "peak RSS of this benchmark process", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "GiB", "all models above")
+    row(results, "memory", "peak RSS, `model=shallow epochs=1` full data", peak, "GiB", f"target < 3 GiB; {time.perf_counter() - start:.0f} s")
+    row(results, "memory", "peak RSS of this benchmark process", peak_rss_gib(), "GiB", "data + every model above")
 
 
 def main() -> None:
@@ -319,7 +335,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="class-folder root with train/ and validation/ (default ../shared/fer2013)")
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     ap.add_argument("--models", default=",".join(MODEL_CONFIGS), help=f"model configs to time: {','.join(MODEL_CONFIGS)}")
-    ap.add_argument("--budget", type=float, default=20.0, help="seconds of timed training steps per measurement")
+    ap.add_argument("--budget", type=float, default=16.0, help="seconds of timed training steps per measurement")
     ap.add_argument("--batches", type=int, default=60, help="batches timed per input-pipeline measurement")
     ap.add_argument("--model", help="model for the inference section (runs:/, models:/, .h5); default: best in mlruns/")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
