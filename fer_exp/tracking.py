@@ -278,8 +278,11 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None) -
         client.set_tag(best.info.run_id, TAG_BEST, "true")
         client.set_tag(parent, "fer_exp.best_run", best.info.run_id)
         lines.append(f"best: {best.info.run_name} (run {best.info.run_id}), val_accuracy {best.data.metrics['best_val_accuracy']:.4f}")
-        if note := register_champion(best):
-            lines.append(note)
+        try:
+            if note := register_champion(best):
+                lines.append(note)
+        except MlflowException as e:  # e.g. a store without a model registry: the sweep still ends
+            log.warning("could not register the best model: %s", e)
     if out_dir and runs:
         from fer_exp.compare import compare
 
