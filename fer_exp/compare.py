@@ -11,11 +11,14 @@ between jobs.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from omegaconf import OmegaConf  # noqa: E402
 
 DEFAULTS = {"sweep": None, "experiment": "fer_exp", "metric": "best_val_accuracy", "tracking_dir": "mlruns", "tracking_uri": None, "out_dir": "outputs/compare"}
 # A summary metric and the per-epoch metric it summarises (what running jobs have so far).
@@ -45,8 +48,8 @@ def find_sweep(client, experiment: str, sweep_id: str | None):
 
 
 def parse_overrides(text: str) -> dict[str, str]:
-    """'model=deep lr=0.001' -> {'model': 'deep', 'lr': '0.001'}."""
-    return dict(item.split("=", 1) for item in text.split() if "=" in item)
+    """'model=deep lr=0.001' (the overrides tag) or 'model=deep,lr=0.001' (a job's run name) -> a dict."""
+    return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
 
 
 def job_rows(client, runs: list, metric: str) -> list[dict]:
@@ -60,7 +63,7 @@ def job_rows(client, runs: list, metric: str) -> list[dict]:
         value = r.data.metrics.get(metric, pick(history) if history else None)
         end = r.info.end_time or time.time() * 1000
         rows.append({
-            "run_id": r.info.run_id, "overrides": parse_overrides(r.data.tags.get("fer_exp.overrides", "")), "status": r.info.status,
+            "run_id": r.info.run_id, "overrides": parse_overrides(r.data.tags.get("fer_exp.overrides") or r.info.run_name or ""), "status": r.info.status,
             "value": value, "tta": r.data.metrics.get("val_accuracy_tta"),
             "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
             "params": r.data.metrics.get("params"), "minutes": (end - r.info.start_time) / 60000,

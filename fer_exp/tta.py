@@ -24,7 +24,7 @@ def make_views(images: np.ndarray, n_views: int, shift: int = 3) -> list[np.ndar
 def view_probabilities(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
     """Class probabilities (n_views, N, classes) for each view of uint8 (N, H, W) images.
 
-    One predict call over all views (a call costs ~0.1 s of set-up); views are scaled per batch.
+    One predict call over all views (each call has a fixed set-up cost); views are scaled per batch.
     """
     import tensorflow as tf
 

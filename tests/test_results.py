@@ -170,3 +170,8 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
         os.killpg(server.pid, 15)
         server.wait(30)
     assert shot.stat().st_size > 20_000
+
+
+def test_overrides_come_from_the_tag_or_the_run_name():
+    assert compare.parse_overrides("model=deep lr=0.001") == {"model": "deep", "lr": "0.001"}
+    assert compare.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {"model": "deep", "lr": "0.001", "model.filters": "[8,16]"}
