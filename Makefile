@@ -7,6 +7,10 @@ HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # The MLflow store that `make ui`, `make compare` and `make serve` read
 STORE  ?= $(CURDIR)/mlruns
+# `make server`: the tracking server's database (PostgreSQL or SQLite URI), artifact folder and port
+SERVER_DB ?= sqlite:///$(CURDIR)/mlruns/server.db
+SERVER_ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
+SERVER_PORT ?= 5050
 # What `make serve` serves, and where
 MODEL  ?= models:/fer@champion
 SERVE_PORT ?= 5001
@@ -14,7 +18,7 @@ SERVE_PORT ?= 5001
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo sweep ui compare serve bench clean
+.PHONY: help install test demo sweep ui compare server serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -41,6 +45,10 @@ ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=,
 
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
 	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
+
+server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=)
+	$(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
+		--host $(HOST) --port $(SERVER_PORT)
 
 serve: install ## REST predictions from MODEL (default models:/fer@champion) on http://127.0.0.1:5001/invocations
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(STORE)/mlflow.db \

@@ -32,7 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     overrides = list(hc.overrides.task)
     # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go or resuming are not choices.
-    run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "resume="))) or "defaults"
+    run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "tracking=", "resume=", "verbose="))) or "defaults"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         raise_if_signalled()  # a signal during the previous job's final logging stops the sweep here

@@ -242,7 +242,9 @@ def register_champion(run, metric: str = "best_val_accuracy") -> str | None:
         return None
     client = MlflowClient()
     found = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
-    version = found[0] if found else mlflow.register_model(f"runs:/{run.info.run_id}/model", name)
+    logged = run.outputs.model_outputs if run.outputs else []  # MLflow 3 keeps the model as a logged model of the run
+    source = f"models:/{logged[-1].model_id}" if logged else f"runs:/{run.info.run_id}/model"
+    version = found[0] if found else mlflow.register_model(source, name)
     score, best = run.data.metrics[metric], None
     with contextlib.suppress(MlflowException):
         champion = client.get_model_version_by_alias(name, CHAMPION)

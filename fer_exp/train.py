@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +95,13 @@ def compile_model(c: dict, num_classes: int, steps_per_epoch: int) -> keras.Mode
         metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
     return model
+
+
+def fit_verbosity(setting) -> int:
+    """verbose=auto: Keras's progress bar on a terminal, one line per epoch elsewhere."""
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
 
 
 def evaluate(model: keras.Model, split: Split, classes: list[str], tta_views: int) -> dict:
@@ -207,7 +215,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
             shuffle=False,
             class_weight=weights,
             callbacks=callbacks,
-            verbose=c["verbose"],
+            verbose=fit_verbosity(c["verbose"]),
         )
         train_seconds = time.time() - start
         reason = "max_minutes" if budget.triggered else "early_stopping" if stopper and stopper.stopped_epoch > 0 else "epochs"

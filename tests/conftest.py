@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -83,3 +86,30 @@ def tiny_sweep(tmp_path_factory):
     """(folder, finished process) of one real 4-job sweep (deep, shallow x 2 lr) on tiny synthetic data."""
     tmp = tmp_path_factory.mktemp("tiny_sweep")
     return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until `url` answers; fail at once if the server process exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read()[-3000:] if proc.stdout else ""
+            raise AssertionError(f"server exited {proc.returncode}: {out}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def make_command(target: str, **variables) -> str:
+    """The command line `make TARGET VAR=...` runs (from a dry run), to start it as a process here."""
+    dry = subprocess.run(["make", "-s", "-n", target, *(f"{k}={v}" for k, v in variables.items())], cwd=ROOT, capture_output=True, text=True, check=True)
+    return dry.stdout.replace("\\\n", " ").strip().splitlines()[-1]

@@ -56,3 +56,18 @@ def test_help_lists_groups_and_options():
     out = subprocess.run([sys.executable, "-m", "fer_exp.run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     for line in ("model: deep, efficientnet_b2, shallow", "augment: none, seed", "lr:", "batch_size:", "early_stopping:"):
         assert line in out
+
+
+def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):
+    import io
+
+    from fer_exp.train import fit_verbosity
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.setattr("sys.stdout", io.StringIO())
+    assert fit_verbosity("auto") == 2
+    monkeypatch.setattr("sys.stdout", Terminal())
+    assert fit_verbosity("auto") == 1 and fit_verbosity(2) == 2

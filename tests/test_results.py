@@ -3,10 +3,8 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 
 import mlflow
@@ -14,29 +12,10 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
+from conftest import ROOT, free_port, make_command, wait_http
 from fer_exp import compare, tracking
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited {proc.returncode}: {proc.stdout.read()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=5)
-            return
-        except OSError:
-            time.sleep(1)
-    raise AssertionError(f"{url} did not answer in {timeout} s")
 
 
 @pytest.fixture
@@ -143,8 +122,7 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
     tmp, client, parent, children = sweep_store
     port = free_port()
     # the command `make ui` runs (dry run: print it), pointed at the test's store
-    dry = subprocess.run(["make", "-s", "-n", "ui", f"STORE={tmp / 'mlruns'}", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, check=True)
-    command = dry.stdout.strip().splitlines()[-1].replace("\\\n", " ")
+    command = make_command("ui", STORE=tmp / "mlruns", PORT=port)
     assert "--host 127.0.0.1" in command
     server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     shot = ROOT / "outputs" / "test-screenshots" / "mlflow-ui-sweep.png"
