@@ -32,6 +32,7 @@ PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherite
 TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
 TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
 CHAMPION = "champion"  # the registry alias of the best model so far
+TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder: how remote jobs find their parent
 
 
 def store_uris(directory: str | Path) -> tuple[str, str]:
@@ -63,6 +64,26 @@ def git_state() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "fer_exp.git_dirty": str(bool(dirty)).lower()}
 
 
+def sweep_parent() -> str | None:
+    """The parent run of this job's sweep, or None outside a sweep.
+
+    The driver's environment carries it to the basic and joblib launchers' jobs; jobs on
+    workers that do not inherit it (Ray) find the RUNNING parent tagged with their sweep folder.
+    """
+    if parent := os.environ.get(PARENT_ENV):
+        return parent
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    found = mlflow.search_runs(
+        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_DIR}` = '{HydraConfig.get().sweep.dir}' and attributes.status = 'RUNNING'",
+        output_format="list", max_results=1,
+    )
+    return found[0].info.run_id if found else None
+
+
 @contextlib.contextmanager
 def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """A run (nested under the sweep's parent when there is one) with params and tags.
@@ -70,7 +91,7 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     """
-    parent = os.environ.get(PARENT_ENV)
+    parent = sweep_parent()
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
@@ -307,7 +328,10 @@ class SweepRun(Callback):
         run = MlflowClient().create_run(
             exp_id,
             run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={TAG_ROLE: "sweep", "fer_exp.overrides": " ".join(overrides), "fer_exp.command": " ".join(sys.argv), **git_state()},
+            tags={
+                TAG_ROLE: "sweep", TAG_SWEEP_DIR: str(config.hydra.sweep.dir), "fer_exp.overrides": " ".join(overrides),
+                "fer_exp.command": " ".join(sys.argv), **git_state(),
+            },
         )
         os.environ[PARENT_ENV] = run.info.run_id
         log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
