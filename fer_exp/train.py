@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import keras
-import numpy as np
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import classification_report, confusion_matrix
