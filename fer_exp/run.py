@@ -39,7 +39,7 @@ def main(cfg: DictConfig) -> float | None:
         return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir, overrides=overrides)["val_accuracy"]
     except KeyboardInterrupt:
         log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)
-        tracking.finish_sweep("KILLED")
+        tracking.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
     except DataError as e:
         # A user error: the message says what to fix; a traceback would only hide it.

@@ -8,6 +8,7 @@ schema once, before parallel jobs could race on it); each job is a nested child.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
@@ -276,11 +277,13 @@ def register_champion(run, metric: str = "best_val_accuracy") -> str | None:
     return f"model {name} version {version.version} is now models:/{name}@{CHAMPION} ({metric} {score:.4f})"
 
 
-def finish_sweep(status: str | None = None, out_dir: str | Path | None = None) -> bool:
+def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, jobs_done: bool = True) -> bool:
     """End the current sweep's parent run, tag its best job, print the summary.
 
     The best FINISHED job's model is registered (see register_champion) and, with
     out_dir, the comparison plot is written there and logged to the parent run.
+    jobs_done: no job can still be running, so a job run left RUNNING was lost (its
+    process died, e.g. a killed worker) and is ended FAILED with the reason.
     status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
     """
     parent = os.environ.pop(PARENT_ENV, None)
@@ -288,6 +291,12 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None) -
         return True
     client = MlflowClient()
     runs = child_runs(parent)
+    if jobs_done and any(r.info.status == "RUNNING" for r in runs):
+        for r in runs:
+            if r.info.status == "RUNNING":
+                client.set_tag(r.info.run_id, "fer_exp.error", "lost: the job's process ended without ending its run (a killed worker?)")
+                client.set_terminated(r.info.run_id, "FAILED")
+        runs = child_runs(parent)
     failed = [r for r in runs if r.info.status != "FINISHED"]
     reused = [k.split(".", 2)[2] for k in client.get_run(parent).data.tags if k.startswith(TAG_REUSED + ".")]
     client.set_tag(parent, TAG_SWEEP, parent)
@@ -318,6 +327,13 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None) -
     return not failed
 
 
+def end_abandoned_sweep() -> None:
+    """At exit: a sweep still open here was abandoned by an error in the launcher (e.g. a
+    Ray worker died); end it FAILED, with its lost jobs, rather than leave it RUNNING."""
+    if os.environ.get(PARENT_ENV):
+        finish_sweep("FAILED")
+
+
 class SweepRun(Callback):
     """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
 
@@ -334,6 +350,7 @@ class SweepRun(Callback):
             },
         )
         os.environ[PARENT_ENV] = run.info.run_id
+        atexit.register(end_abandoned_sweep)
         log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:

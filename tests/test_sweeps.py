@@ -138,3 +138,24 @@ def test_a_job_on_a_remote_worker_finds_its_parent_by_the_sweep_folder(tmp_path,
         assert tracking.sweep_parent() == "from-the-driver"
     finally:
         HydraConfig.instance().cfg = None
+
+
+def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypatch, capsys):
+    """A worker killed mid-job never ends its run: the sweep's end does, FAILED with the reason."""
+    from mlflow.tracking import MlflowClient
+
+    from fer_exp import tracking
+
+    exp = tracking.configure(None, tmp_path / "mlruns")
+    client = MlflowClient()
+    parent = client.create_run(exp, tags={tracking.TAG_ROLE: "sweep"}).info.run_id
+    done = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    client.log_metric(done, "best_val_accuracy", 0.3)
+    client.set_terminated(done)
+    lost = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    tracking.end_abandoned_sweep()  # as at exit after the launcher raised
+    assert client.get_run(lost).info.status == "FAILED" and client.get_run(lost).data.tags["fer_exp.error"].startswith("lost")
+    assert client.get_run(done).info.status == "FINISHED" and client.get_run(parent).info.status == "FAILED"
+    assert "2 job(s), 1 not finished" in capsys.readouterr().out
+    tracking.end_abandoned_sweep()  # nothing left to end: a no-op
