@@ -89,23 +89,28 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
+def save(client, sweep, rows: list[dict], metric: str, out_dir: Path) -> Path:
+    """Write the table and the PNG to out_dir/<parent run id>/ and log both to the parent run."""
+    from fer_exp import plots
+
+    out = Path(out_dir) / sweep.info.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / "compare.png"
+    plots.save(plots.sweep_comparison(rows, metric, title=f"{sweep.info.run_name} ({len(rows)} jobs)"), png)
+    (out / "compare.txt").write_text(table(rows, metric) + "\n")
+    client.log_artifact(sweep.info.run_id, str(png))
+    client.log_artifact(sweep.info.run_id, str(out / "compare.txt"))
+    return png
+
+
 def compare(client, sweep, metric: str, out_dir: Path) -> tuple[str, Path]:
     """(the table, the PNG path); the PNG and the table are also logged to the parent run."""
-    from fer_exp import plots
     from fer_exp.tracking import child_runs
 
     rows = job_rows(client, child_runs(sweep.info.run_id), metric)
     if not rows:
         raise CompareError(f"sweep {sweep.info.run_id} has no jobs yet")
-    text = table(rows, metric)
-    out = Path(out_dir) / sweep.info.run_id
-    out.mkdir(parents=True, exist_ok=True)
-    png = out / "compare.png"
-    plots.save(plots.sweep_comparison(rows, metric, title=f"{sweep.info.run_name} ({len(rows)} jobs)"), png)
-    (out / "compare.txt").write_text(text + "\n")
-    client.log_artifact(sweep.info.run_id, str(png))
-    client.log_artifact(sweep.info.run_id, str(out / "compare.txt"))
-    return text, png
+    return table(rows, metric), save(client, sweep, rows, metric, out_dir)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -242,17 +242,6 @@ def child_runs(parent_id: str) -> list:
     )
 
 
-def summary_table(runs: list) -> str:
-    """One line per job: name, status, best validation accuracy, duration."""
-    rows = [("job", "status", "val_acc", "minutes")]
-    for r in runs:
-        acc = r.data.metrics.get("best_val_accuracy")
-        end = r.info.end_time or time.time() * 1000
-        rows.append((r.info.run_name, r.info.status, f"{acc:.4f}" if acc is not None else "-", f"{(end - r.info.start_time) / 60000:.1f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)) for row in rows)
-
-
 def register_champion(run, metric: str = "best_val_accuracy") -> str | None:
     """Register the run's model under its data's registry name (param data.register_as, e.g. `fer`).
 
@@ -289,6 +278,8 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     parent = os.environ.pop(PARENT_ENV, None)
     if not parent:
         return True
+    from fer_exp.compare import job_rows, save, table
+
     client = MlflowClient()
     runs = child_runs(parent)
     if jobs_done and any(r.info.status == "RUNNING" for r in runs):
@@ -303,7 +294,8 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     lines = [f"\nSweep {parent}: {len(runs)} job(s), {len(failed)} not finished"]
     if reused:
         lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
-    lines.append(summary_table(runs))
+    rows = job_rows(client, runs, "best_val_accuracy")  # best first, only the overrides that differ
+    lines.append(table(rows, "best_val_accuracy"))
     scored = [r for r in runs + [client.get_run(i) for i in reused] if r.info.status == "FINISHED" and "best_val_accuracy" in r.data.metrics]
     if scored:
         best = max(scored, key=lambda r: r.data.metrics["best_val_accuracy"])
@@ -315,11 +307,9 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
                 lines.append(note)
         except MlflowException as e:  # e.g. a store without a model registry: the sweep still ends
             log.warning("could not register the best model: %s", e)
-    if out_dir and runs:
-        from fer_exp.compare import compare
-
+    if out_dir and rows:
         try:
-            lines.append(f"comparison: {compare(client, client.get_run(parent), 'best_val_accuracy', Path(out_dir))[1]}")
+            lines.append(f"comparison: {save(client, client.get_run(parent), rows, 'best_val_accuracy', Path(out_dir))}")
         except Exception as e:  # a plot must not fail a finished sweep
             log.warning("could not draw the sweep comparison: %s", e)
     client.set_terminated(parent, status or ("FAILED" if failed else "FINISHED"))

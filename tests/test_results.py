@@ -96,11 +96,10 @@ def test_best_model_is_registered_and_champion_moves_only_when_beaten(sweep_stor
 def test_champion_is_served_over_http(sweep_store):
     tmp, client, parent, children = sweep_store
     port = free_port()
-    # the scoring server starts `uvicorn` from PATH: the venv's bin, as after `. .venv/bin/activate`
-    path = f"{os.path.dirname(sys.executable)}:{os.environ['PATH']}"
-    env = {**os.environ, "PATH": path, "MLFLOW_TRACKING_URI": tracking.store_uris(tmp / "mlruns")[0]}
-    cmd = [sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/fer-synthetic@champion", "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
-    server = subprocess.Popen(cmd, env=env, cwd=tmp, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # what `make serve` runs (it puts the venv's bin on PATH, where the scoring server finds uvicorn)
+    command = make_command("serve", STORE=tmp / "mlruns", MODEL="models:/fer-synthetic@champion", SERVE_PORT=port)
+    assert "--host 127.0.0.1" in command
+    server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", server)
         faces = np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32)
@@ -109,9 +108,9 @@ def test_champion_is_served_over_http(sweep_store):
         )
         served = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
     finally:
-        server.terminate()
+        os.killpg(server.pid, 15)
         server.wait(30)
-    local = np.asarray(tracking.load_keras_model("models:/fer-synthetic@champion", env["MLFLOW_TRACKING_URI"])(faces))
+    local = np.asarray(tracking.load_keras_model("models:/fer-synthetic@champion", tracking.store_uris(tmp / "mlruns")[0])(faces))
     assert served.shape == (2, 7) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
     np.testing.assert_allclose(served, local, atol=1e-5)
 
