@@ -28,7 +28,7 @@ install: $(STAMP) ## create .venv and install fer_exp with its dependencies
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,cluster]'
 	touch $(STAMP)
 
 test: install ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)

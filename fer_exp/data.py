@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,8 @@ CACHE_VERSION = 1
 CSV_USAGES = ("Training", "PublicTest", "PrivateTest")
 CSV_SIDE = 48  # fer2013.csv holds 48x48 faces
 DEFAULT_ROOT = Path("../shared/fer2013")
+# Set (by hydra/launcher=ray) for jobs on cluster workers: no silent synthetic fallback there.
+REMOTE_ENV = "FER_EXP_REMOTE"
 
 
 class DataError(ValueError):
@@ -155,6 +158,7 @@ def _layout_help(root: Path, split: str) -> str:
         "Fix: point data.root at the folder that holds the split folders "
         "(python -m fer_exp.run data.root=/path/to/fer2013), rename the split with "
         "data.train_split=... / data.val_split=..., or use the built-in set with data=synthetic."
+        + (f"\nThis job ran on a {os.environ[REMOTE_ENV]} worker, in {Path.cwd()}: every node needs the data at the same path." if os.environ.get(REMOTE_ENV) else "")
     )
 
 
@@ -162,7 +166,7 @@ def scan_folder(root: str | Path, split: str, classes: list[str], unknown_classe
     """List (file path, label id) of <root>/<split>/<class>/*, sorted, labels from `classes`."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data root not found: {root.resolve()}\n{_layout_help(root, split)}")
+        raise DataError(f"data root not found: {root.resolve()} on {socket.gethostname()}\n{_layout_help(root, split)}")
     split_dir = root / split
     if not split_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
@@ -358,17 +362,27 @@ def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
     return {i: float(w[i]) for i in range(num_classes) if present[i]}
 
 
+def with_fallback(cfg: dict) -> dict:
+    """The data config a job really uses: a folder config without a root and without
+    ../shared/fer2013 becomes the synthetic set (registered as fer-synthetic, never fer).
+
+    Not on a cluster worker (REMOTE_ENV set): a job there must not quietly train on other
+    data than the sweep was started for; loading fails with a message naming the node.
+    """
+    if cfg["format"] != "folders" or cfg.get("root") is not None or DEFAULT_ROOT.is_dir() or os.environ.get(REMOTE_ENV):
+        return cfg
+    log.warning("%s not found: using the built-in synthetic set (set data.root to use real data)", DEFAULT_ROOT.resolve())
+    return {**cfg, "format": "synthetic", "name": "synthetic", "register_as": "fer-synthetic"}
+
+
 def load_data(cfg: dict, seed: int = 0) -> tuple[dict[str, Split], str]:
     """Load the train and validation splits that a plain `data` config describes.
 
     Returns ({"train": Split, "validation": Split}, a description of the source).
-    A null folder root means ../shared/fer2013, or the synthetic set when that is absent.
+    A null folder root means ../shared/fer2013 (see with_fallback for when that is absent).
     """
     classes, size, cache = list(cfg["classes"]), int(cfg["image_size"]), cfg.get("cache_dir")
     fmt = cfg["format"]
-    if fmt == "folders" and cfg.get("root") is None and not DEFAULT_ROOT.is_dir():
-        log.warning("%s not found: using the built-in synthetic set (set data.root to use real data)", DEFAULT_ROOT.resolve())
-        fmt = "synthetic"
     split_names = {"train": cfg.get("train_split", "train"), "validation": cfg.get("val_split", "validation")}
     if fmt == "folders":
         root = Path(cfg["root"]) if cfg.get("root") is not None else DEFAULT_ROOT

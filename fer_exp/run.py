@@ -6,9 +6,12 @@ import logging
 import math
 import os
 import sys
+import warnings
 
 # Quiet TensorFlow's C++ start-up chatter before it is imported.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# conf/hydra/launcher/ray.yaml extends hydra-ray-launcher's schema of the same name on purpose.
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402

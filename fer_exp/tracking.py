@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -65,6 +66,15 @@ def git_state() -> dict[str, str]:
     return {"mlflow.source.git.commit": commit, "fer_exp.git_dirty": str(bool(dirty)).lower()}
 
 
+def placement() -> dict[str, str]:
+    """Where a job runs: the host, and the node when it is a Ray task (hydra/launcher=ray)."""
+    tags = {"fer_exp.host": socket.gethostname()}
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        tags["fer_exp.ray_node"] = ray.get_runtime_context().get_node_id()
+    return tags
+
+
 def sweep_parent() -> str | None:
     """The parent run of this job's sweep, or None outside a sweep.
 
@@ -93,7 +103,7 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     """
     parent = sweep_parent()
-    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **(tags or {})}
+    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
     with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags) as run:
@@ -145,8 +155,7 @@ def download_checkpoint(run_id: str, dst: Path) -> Path | None:
 
 def note_reused(run_id: str) -> None:
     """Tell the sweep's parent that a job reused the FINISHED run `run_id` (resume=true)."""
-    parent = os.environ.get(PARENT_ENV)
-    if parent:
+    if parent := sweep_parent():
         MlflowClient().set_tag(parent, f"{TAG_REUSED}.{run_id}", "true")
 
 
@@ -295,7 +304,9 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     if reused:
         lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
     rows = job_rows(client, runs, "best_val_accuracy")  # best first, only the overrides that differ
-    lines.append(table(rows, "best_val_accuracy"))
+    if rows:
+        lines.append(table(rows, "best_val_accuracy"))
+    lines += [f"{r.info.status}: {r.info.run_name}: {r.data.tags.get('fer_exp.error') or r.data.tags.get(TAG_STOP, '')}" for r in failed]
     scored = [r for r in runs + [client.get_run(i) for i in reused] if r.info.status == "FINISHED" and "best_val_accuracy" in r.data.metrics]
     if scored:
         best = max(scored, key=lambda r: r.data.metrics["best_val_accuracy"])

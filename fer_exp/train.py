@@ -18,7 +18,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 from fer_exp import plots, tracking
 from fer_exp.augment import build_augmenter
 from fer_exp.callbacks import EpochCheckpoint, StopOnNonFinite, StopOnSignal, TimeBudget
-from fer_exp.data import Split, class_weights, count_table, load_data
+from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
 from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
 from fer_exp.tta import view_probabilities
@@ -144,6 +144,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     interrupted one continues from its last completed epoch.
     """
     c = OmegaConf.to_container(cfg, resolve=True)
+    c["data"] = with_fallback(c["data"])
     out = Path(output_dir or tempfile.mkdtemp(prefix="fer_exp-"))
     out.mkdir(parents=True, exist_ok=True)
     t = c["tracking"]
@@ -163,7 +164,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     tags = {"fer_exp.overrides": " ".join(overrides)}
     if interrupted:
         tags["fer_exp.resumed_from"] = interrupted.info.run_id
-    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(cfg, resolve=True), tags) as run_id:
+    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id:
         splits, source = load_data(c["data"], seed=c["seed"])
         classes = list(c["data"]["classes"])
         log_data(splits, source, c["data"]["name"], classes)

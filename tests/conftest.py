@@ -75,10 +75,14 @@ def no_tracking_uri_leak():
 TINY = ["data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=1", "batch_size=8"]
 
 
+def cli(tmp_path, *args) -> list[str]:
+    """The command `python -m fer_exp.run ARGS` with its store and outputs under tmp_path."""
+    return [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
+
+
 def run_cli(tmp_path, *args, timeout=900):
-    """`python -m fer_exp.run ARGS` with its store and outputs under tmp_path."""
-    cmd = [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    """Run `python -m fer_exp.run ARGS` (see cli) to its end."""
+    return subprocess.run(cli(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="session")

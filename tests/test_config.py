@@ -71,3 +71,17 @@ def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):
     assert fit_verbosity("auto") == 2
     monkeypatch.setattr("sys.stdout", Terminal())
     assert fit_verbosity("auto") == 1 and fit_verbosity(2) == 2
+
+
+@pytest.mark.parametrize("launcher, expected", [
+    ("ray", ["_target_: hydra_plugins.fer_exp_ray.FaultTolerantRayLauncher", "max_retries: 0"]),
+    # SLURM cannot run here: this checks the config composes against the plugin's schema
+    ("slurm", ["_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task: 8", "signal_delay_s: 120"]),
+])
+def test_cluster_launcher_configs_compose(launcher, expected):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra is not installed")
+    cmd = [sys.executable, "-m", "fer_exp.run", f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher"]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert p.returncode == 0 and "warn" not in p.stderr.lower(), p.stderr
+    for line in expected:
+        assert line in p.stdout

@@ -1,5 +1,6 @@
 """The runner for real: Hydra multiruns in a subprocess, a temporary SQLite MLflow store."""
 
+import re
 import signal
 import subprocess
 import sys
@@ -108,11 +109,18 @@ def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, ca
     from fer_exp import data
 
     monkeypatch.setattr(data, "DEFAULT_ROOT", data.Path("/nonexistent/fer2013"))
-    cfg = {"format": "folders", "root": None, "classes": ["happy", "sad"], "image_size": 48}
-    splits, source = data.load_data(cfg)
+    cfg = {"format": "folders", "root": None, "classes": ["happy", "sad"], "image_size": 48, "name": "fer2013", "register_as": "fer"}
+    used = data.with_fallback(cfg)
+    assert used["register_as"] == "fer-synthetic"  # toy data never becomes the fer champion
+    splits, source = data.load_data(used)
     assert source == "synthetic" and len(splits["train"]) == 2 * 300 and "using the built-in synthetic set" in caplog.text
     with pytest.raises(data.DataError, match="data root not found"):
         data.load_data({**cfg, "root": "/nonexistent/fer2013"})  # an explicit root must exist
+    # on a cluster worker: no fallback, an error that names the node
+    monkeypatch.setenv(data.REMOTE_ENV, "ray")
+    assert data.with_fallback(cfg) is cfg
+    with pytest.raises(data.DataError, match=f"(?s)nonexistent/fer2013 on {re.escape(data.socket.gethostname())}.*ray worker.*every node needs the data"):
+        data.load_data(cfg)
 
 
 def test_sigterm_ends_the_run_killed(tmp_path):
