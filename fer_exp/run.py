@@ -18,7 +18,7 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from hydra.types import RunMode  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from fer_exp.data import DataError  # noqa: E402
+from fer_exp.data import REMOTE_ENV, DataError  # noqa: E402
 
 log = logging.getLogger("fer_exp")
 
@@ -33,6 +33,8 @@ def main(cfg: DictConfig) -> float | None:
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
     install_signal_handlers()
     hc = HydraConfig.get()
+    if os.environ.get(REMOTE_ENV) and os.path.isdir(hc.runtime.cwd):
+        os.chdir(hc.runtime.cwd)  # on a cluster worker: relative paths (data.root, caches) mean what they do on the driver
     overrides = list(hc.overrides.task)
     # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go or resuming are not choices.
     run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "tracking=", "resume=", "verbose="))) or "defaults"
@@ -42,7 +44,8 @@ def main(cfg: DictConfig) -> float | None:
         return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir, overrides=overrides)["val_accuracy"]
     except KeyboardInterrupt:
         log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)
-        tracking.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
+        if not os.environ.get(REMOTE_ENV):  # on a cluster worker only this job stops; the driver ends the sweep
+            tracking.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
     except DataError as e:
         # A user error: the message says what to fix; a traceback would only hide it.

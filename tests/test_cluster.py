@@ -23,9 +23,9 @@ RAY = str(Path(sys.executable).with_name("ray"))
 FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
 
 
-def start(command, log: Path, env=None, shell=False) -> subprocess.Popen:
+def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
     """A long-running process in its own process group (killed with everything it started)."""
-    return subprocess.Popen(command, cwd=ROOT, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -57,10 +57,12 @@ def cluster(tmp_path_factory):
     assert "--host 127.0.0.1" in command and "--serve-artifacts" in command
     server, nodes = start(command, tmp / "server.log", shell=True), []
     try:
-        node = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
-        nodes.append(start([*node, "--head", f"--port={gcs}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], tmp / "head.log", FAST_HEALTH_CHECK))
+        # Ray swaps 127.0.0.1 for this machine's own address (its nodes must reach each other); still one machine
+        node = [RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
+        # started elsewhere than the driver: jobs move to the driver's folder (a git checkout) themselves
+        nodes.append(start([*node, "--head", f"--port={gcs}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], tmp / "head.log", FAST_HEALTH_CHECK, cwd=tmp))
         wait_started(nodes[0], tmp / "head.log")
-        nodes.append(start([*node, f"--address={address}"], tmp / "worker.log"))
+        nodes.append(start([*node, f"--address={address}"], tmp / "worker.log", cwd=tmp))
         wait_started(nodes[1], tmp / "worker.log")
         wait_http(f"{url}/health", server)
         yield url, address, nodes[1], tmp
@@ -86,6 +88,7 @@ def test_a_sweep_runs_on_both_nodes_and_logs_through_the_server(cluster):
     parent, children = sweep_runs(client, tmp / "first" / "sweep")
     assert parent.info.status == "FINISHED" and len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["fer_exp.ray_node"] for r in children}) == 2  # the head and the worker node both ran jobs
+    assert all("mlflow.source.git.commit" in r.data.tags for r in children)  # ran in the driver's checkout
     model = keras.models.load_model(client.download_artifacts(children[0].info.run_id, "model.h5", str(tmp)), compile=False)
     assert model.output_shape == (None, 7)
     assert client.get_experiment_by_name("fer_exp").artifact_location.startswith("mlflow-artifacts:")  # uploads go through the server
