@@ -6,9 +6,11 @@ Differences from hydra-ray-launcher's own launcher:
 - a job whose worker or node dies is reported and scored NaN; the other jobs go on
   and the sweep ends normally (its summary marks the lost run FAILED), where the
   original raised at the first lost job and so abandoned the rest;
-- the sweep folder is the driver's absolute one (a worker's own `${now:}` and working
-  directory would differ), and jobs get the sweep's parent run and FER_EXP_REMOTE
-  (see fer_exp.data) through Ray's runtime environment;
+- the sweep folder is the driver's absolute one, not resolved again on each worker
+  (its own clock for `${now:}`, its own working directory);
+- jobs get the sweep's parent run and FER_EXP_REMOTE through Ray's runtime environment:
+  fer_exp.run then works in the driver's folder, and fer_exp.data does not fall back
+  to the synthetic set when the node lacks the data;
 - no object-store size is forced, which Ray refuses when joining a running cluster.
 """
 
