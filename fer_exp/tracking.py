@@ -35,6 +35,7 @@ TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.con
 TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
 CHAMPION = "champion"  # the registry alias of the best model so far
 TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder: how remote jobs find their parent
+LOST = "lost: the job's process ended without ending its run (a killed worker?)"  # fer_exp.error of such a run
 
 
 def store_uris(directory: str | Path) -> tuple[str, str]:
@@ -294,7 +295,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     if jobs_done and any(r.info.status == "RUNNING" for r in runs):
         for r in runs:
             if r.info.status == "RUNNING":
-                client.set_tag(r.info.run_id, "fer_exp.error", "lost: the job's process ended without ending its run (a killed worker?)")
+                client.set_tag(r.info.run_id, "fer_exp.error", LOST)
                 client.set_terminated(r.info.run_id, "FAILED")
         runs = child_runs(parent)
     failed = [r for r in runs if r.info.status != "FINISHED"]

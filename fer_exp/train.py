@@ -129,11 +129,12 @@ def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str
 
 
 def find_previous(experiment_id: str, chash: str):
-    """(a FINISHED run of this config or None, the newest KILLED run with a checkpoint or None)."""
+    """(a FINISHED run of this config or None, the newest KILLED or lost run with a checkpoint or None)."""
     runs = tracking.previous_runs(experiment_id, chash)
     finished = next((r for r in runs if r.info.status == "FINISHED"), None)
-    # FAILED runs start over: their failure (a NaN, a bad value) would likely repeat.
-    interrupted = next((r for r in runs if r.info.status == "KILLED" and r.data.tags.get("fer_exp.checkpoint_epoch")), None)
+    # FAILED runs start over: their failure (a NaN, a bad value) would likely repeat; not so a lost one (a dead worker).
+    stopped = [r for r in runs if r.info.status == "KILLED" or r.data.tags.get("fer_exp.error") == tracking.LOST]
+    interrupted = next((r for r in stopped if r.data.tags.get("fer_exp.checkpoint_epoch")), None)
     return finished, interrupted
 
 
