@@ -1,5 +1,5 @@
-"""Sweeps through hydra/launcher=ray on a loopback cluster: a Ray head and a worker node
-(`ray start`, separate processes), logging to a real tracking server (`make server`:
+"""Sweeps through hydra/launcher=ray on a cluster on this machine: a Ray head and a worker
+node (`ray start`, separate processes), logging to a real tracking server (`make server`:
 PostgreSQL where .ci/run sets FER_EXP_TEST_POSTGRES, else SQLite, artifacts proxied),
 checked over HTTP; then the worker node is killed mid-sweep."""
 
@@ -105,12 +105,12 @@ def test_a_killed_worker_node_fails_its_job_only_and_resume_continues_just_that(
     deadline = time.time() + 180
     running = "attributes.status = 'RUNNING' and tags.`fer_exp.role` = 'job' and tags.`fer_exp.checkpoint_epoch` != ''"
     while len(client.search_runs([exp.experiment_id], running)) < 2:  # one on each node, each past its first epoch
-        assert time.time() < deadline and sweep.poll() is None, "the two jobs did not start"
+        assert time.time() < deadline and sweep.poll() is None, "the two jobs did not both complete an epoch"
         time.sleep(0.5)
     stop(worker, signal.SIGKILL)
     out = sweep.communicate(timeout=300)[0]
     assert sweep.returncode == 1, out[-3000:]  # a sweep with a failed job exits 1
-    assert "was lost on the Ray cluster: NodeDiedError" in out and "2 job(s), 1 not finished" in out
+    assert "was lost on the Ray cluster" in out and "2 job(s), 1 not finished" in out
     parent, children = sweep_runs(client, tmp / "second" / "sweep")
     lost, done = sorted(children, key=lambda r: r.info.status)
     assert parent.info.status == "FAILED" and (lost.info.status, done.info.status) == ("FAILED", "FINISHED")
