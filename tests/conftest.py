@@ -80,9 +80,16 @@ def cli(tmp_path, *args) -> list[str]:
     return [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
 
 
+def user_env() -> dict[str, str]:
+    """The environment for a command run as a user would: without PYTEST_CURRENT_TEST, which
+    switches MLflow's SQL store into its own test-suite checks (a write in a session it
+    marked read-only raises)."""
+    return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
 def run_cli(tmp_path, *args, timeout=900):
     """Run `python -m fer_exp.run ARGS` (see cli) to its end."""
-    return subprocess.run(cli(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(cli(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_env())
 
 
 @pytest.fixture(scope="session")

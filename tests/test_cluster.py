@@ -14,7 +14,7 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, cli, free_port, make_command, run_cli, wait_http
+from conftest import ROOT, TINY, cli, free_port, make_command, run_cli, user_env, wait_http
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the cluster extra is not installed")
 
@@ -25,7 +25,7 @@ FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "500", "RAY_health_check_time
 
 def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
     """A long-running process in its own process group (killed with everything it started)."""
-    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})})
+    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**user_env(), **(env or {})})
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -101,7 +101,7 @@ def test_a_killed_worker_node_fails_its_job_only_and_resume_continues_just_that(
     args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", *TINY[:-2], "epochs=20", "early_stopping.patience=0", "batch_size=8"]
     client = MlflowClient(url)
     exp = client.get_experiment_by_name("fer_exp")
-    sweep = subprocess.Popen(cli(tmp / "second", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    sweep = subprocess.Popen(cli(tmp / "second", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
     deadline = time.time() + 180
     running = "attributes.status = 'RUNNING' and tags.`fer_exp.role` = 'job' and tags.`fer_exp.checkpoint_epoch` != ''"
     while len(client.search_runs([exp.experiment_id], running)) < 2:  # one on each node, each past its first epoch

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CLASSES, ROOT, write_folders
+from conftest import CLASSES, ROOT, user_env, write_folders
 from fer_exp import data
 from fer_exp.data import DataError, load_data, load_folder_split
 
@@ -116,7 +116,7 @@ def test_missing_root_and_split_name_the_path_layout_and_override(tmp_path):
 
 def test_missing_root_on_the_command_line_is_a_message_not_a_traceback(tmp_path):
     cmd = [sys.executable, "-m", "fer_exp.run", f"data.root={tmp_path / 'nowhere'}", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'out'}"]
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    p = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True)
     assert p.returncode == 2
     assert "data root not found" in p.stderr + p.stdout and "data.root=" in p.stderr + p.stdout
     assert "Traceback" not in p.stderr + p.stdout

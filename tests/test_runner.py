@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, run_cli, write_folders
+from conftest import ROOT, TINY, run_cli, user_env, write_folders
 
 def store(tmp_path):
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
@@ -125,7 +125,7 @@ def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, ca
 
 def test_sigterm_ends_the_run_killed(tmp_path):
     cmd = [sys.executable, "-u", "-m", "fer_exp.run", "model=shallow", *TINY[:-2], "epochs=20", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'run'}"]
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(cmd, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
         if line.startswith("Epoch 2/"):
             p.send_signal(signal.SIGTERM)

@@ -7,7 +7,7 @@ import sys
 
 import mlflow
 
-from conftest import ROOT
+from conftest import ROOT, user_env
 from test_runner import TINY, run_cli, store
 
 
@@ -55,7 +55,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     args = ["-m", "model=shallow", "lr=1e-4,1e-3", "data=synthetic", "data.train_per_class=20", "data.val_per_class=5", "epochs=4", "batch_size=16"]
     cmd = [sys.executable, "-u", "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
     # A shell's background jobs inherit SIGINT ignored (so would Python in the child): restore it.
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(cmd, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     second_job = False
     for line in p.stdout:
         second_job = second_job or "#1 :" in line
@@ -84,7 +84,7 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
 def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
     p = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
-    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "database is locked" not in p.stdout + p.stderr
     _, runs = store(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
