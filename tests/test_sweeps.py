@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from conftest import ROOT, user_env
 from test_runner import TINY, run_cli, store
@@ -92,6 +93,19 @@ def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
     assert len(children) == 4 and all(r.info.status == "FINISHED" for r in children)
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert len({(r.data.params["model.name"], r.data.params["lr"]) for r in children}) == 4
+
+
+def test_submitit_sweep_lands_every_run_under_one_parent(tmp_path):
+    """hydra/launcher=submitit_local: the job code of the SLURM launcher (slurm.yaml), as local processes."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra is not installed")
+    p = run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "model=shallow", "lr=1e-4,1e-3", *TINY)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    _, runs = store(tmp_path)
+    (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
+    children = jobs(runs)
+    assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # submitit ran them
 
 
 def test_optuna_search_runs_trials_as_children_and_names_the_best(tmp_path):
