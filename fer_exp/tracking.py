@@ -30,11 +30,11 @@ from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes)
+PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes; Ray gets it passed)
 TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
 TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
 CHAMPION = "champion"  # the registry alias of the best model so far
-TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder: how remote jobs find their parent
+TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder
 LOST = "lost: the job's process ended without ending its run (a killed worker?)"  # fer_exp.error of such a run
 
 
@@ -76,26 +76,6 @@ def placement() -> dict[str, str]:
     return tags
 
 
-def sweep_parent() -> str | None:
-    """The parent run of this job's sweep, or None outside a sweep.
-
-    The driver's environment carries it to the basic and joblib launchers' jobs; jobs on
-    workers that do not inherit it (Ray) find the RUNNING parent tagged with their sweep folder.
-    """
-    if parent := os.environ.get(PARENT_ENV):
-        return parent
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
-        return None
-    found = mlflow.search_runs(
-        filter_string=f"tags.`{TAG_ROLE}` = 'sweep' and tags.`{TAG_SWEEP_DIR}` = '{HydraConfig.get().sweep.dir}' and attributes.status = 'RUNNING'",
-        output_format="list", max_results=1,
-    )
-    return found[0].info.run_id if found else None
-
-
 @contextlib.contextmanager
 def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None) -> Iterator[str]:
     """A run (nested under the sweep's parent when there is one) with params and tags.
@@ -103,7 +83,7 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     """
-    parent = sweep_parent()
+    parent = os.environ.get(PARENT_ENV)
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
@@ -156,7 +136,7 @@ def download_checkpoint(run_id: str, dst: Path) -> Path | None:
 
 def note_reused(run_id: str) -> None:
     """Tell the sweep's parent that a job reused the FINISHED run `run_id` (resume=true)."""
-    if parent := sweep_parent():
+    if parent := os.environ.get(PARENT_ENV):
         MlflowClient().set_tag(parent, f"{TAG_REUSED}.{run_id}", "true")
 
 

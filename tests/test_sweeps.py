@@ -121,39 +121,6 @@ def test_optuna_search_runs_trials_as_children_and_names_the_best(tmp_path):
     assert f"best: {best[0].info.run_name}" in p.stdout
 
 
-def test_a_job_on_a_remote_worker_finds_its_parent_by_the_sweep_folder(tmp_path, monkeypatch):
-    """A job whose launcher does not pass the driver's environment on (SLURM with --export=NONE) looks its parent up."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-    from mlflow.tracking import MlflowClient
-    from omegaconf import open_dict
-
-    from conftest import CONF
-    from fer_exp import tracking
-
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.mode = RunMode.MULTIRUN
-        cfg.hydra.sweep.dir = str(tmp_path / "sweep")
-    monkeypatch.delenv(tracking.PARENT_ENV, raising=False)
-    exp = tracking.configure(None, tmp_path / "mlruns")
-    client = MlflowClient()
-    client.create_run(exp, tags={tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP_DIR: "another/sweep"})
-    parent = client.create_run(exp, tags={tracking.TAG_ROLE: "sweep", tracking.TAG_SWEEP_DIR: str(tmp_path / "sweep")}).info.run_id
-    assert tracking.sweep_parent() is None  # not inside a Hydra job
-    HydraConfig.instance().set_config(cfg)
-    try:
-        assert tracking.sweep_parent() == parent
-        client.set_terminated(parent)
-        assert tracking.sweep_parent() is None  # an ended sweep takes no more jobs
-        monkeypatch.setenv(tracking.PARENT_ENV, "from-the-driver")
-        assert tracking.sweep_parent() == "from-the-driver"
-    finally:
-        HydraConfig.instance().cfg = None
-
-
 def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypatch, capsys):
     """A worker killed mid-job never ends its run: the sweep's end does, FAILED with the reason."""
     from mlflow.tracking import MlflowClient
