@@ -18,7 +18,7 @@ SERVE_PORT ?= 5001
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test demo sweep ui compare server serve bench clean
+.PHONY: help install test test-fast demo sweep ui compare server serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ $(STAMP): pyproject.toml
 
 test: install ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
 	$(BIN)/python -m pytest
+
+test-fast: install ## the tests that start no process (pytest -m "not slow"): the development loop
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: install ## a 4-job sweep (deep, shallow x 2 learning rates) on the built-in synthetic faces
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 data=synthetic epochs=3

@@ -28,19 +28,19 @@ import time
 import zipfile
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import fer_exp  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
+import cv2
+import keras
+import numpy as np
+import tensorflow as tf
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-import cv2  # noqa: E402
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from fer_exp.augment import build_augmenter  # noqa: E402
-from fer_exp.data import DEFAULT_ROOT, Split, load_folder_split  # noqa: E402
-from fer_exp.pipeline import make_dataset  # noqa: E402
-from fer_exp.train import compile_model  # noqa: E402
+from fer_exp.augment import build_augmenter
+from fer_exp.data import DEFAULT_ROOT, Split, load_folder_split
+from fer_exp.evaluate import load_model
+from fer_exp.pipeline import make_dataset, to_inputs
+from fer_exp.train import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("data", "pipeline", "training", "sweep", "inference", "memory")
@@ -249,7 +249,7 @@ def best_model(uri: str | None):
         if runs.empty:
             return None
         uri = f"runs:/{runs.run_id[0]}/model"
-    return uri, tracking.load_keras_model(uri, directory=ROOT / "mlruns")
+    return uri, load_model(uri, tracking_dir=ROOT / "mlruns")[0]
 
 
 def peer_model(cache: Path):
@@ -285,7 +285,7 @@ def bench_inference(results: dict, val: Split, classes: list[str], model_uri: st
     found = best_model(model_uri)
     if found:
         label, model = found
-        x = val.images[..., None].astype("float32") / 255.0
+        x = to_inputs(val.images).numpy()
         probs, rate, ms = inference_rates(model, x)
         name = f"best: {label} ({model.count_params():,} params)"
         row(results, "inference", f"{name}: batched", rate, "images/s", f"val. acc. {(probs.argmax(1) == val.labels).mean():.4f}")

@@ -1,4 +1,5 @@
-"""Keras callbacks that keep a job safe: non-finite losses, time budgets, resumable checkpoints."""
+"""Keras callbacks that keep a job safe and recorded: signals, non-finite losses, time budgets,
+per-epoch metrics, resumable checkpoints."""
 
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Callable
 
 import keras
+
+from fer_exp import tracking
 
 
 _signalled: list[int] = []  # signals received in this process
@@ -79,30 +81,57 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class EpochLogger(keras.callbacks.Callback):
+    """Logs every Keras epoch metric plus the learning rate to the active run."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        metrics = {k: float(v) for k, v in (logs or {}).items()}
+        metrics["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        tracking.log_metrics(metrics, step=epoch)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
-    """After every epoch, save what a resumed run needs into `folder` and hand it to `publish`.
+    """After every epoch, save what a resumed run needs into `folder` and log it to the run's
+    checkpoint/ artifacts (restore() reads it back):
 
     last.keras: the model with its optimizer state (so lr schedules continue);
     state.json: the epoch, the best monitored value so far and the history;
     best.h5: a copy of the best model so far.
     """
 
-    def __init__(self, folder: Path, best_checkpoint: keras.callbacks.ModelCheckpoint, publish: Callable[[list[Path]], None], history: dict | None = None):
+    ARTIFACTS, LAST, STATE, BEST = "checkpoint", "last.keras", "state.json", "best.h5"
+
+    def __init__(self, folder: Path, best_checkpoint: keras.callbacks.ModelCheckpoint, history: dict | None = None):
         super().__init__()
-        self.folder, self.best_checkpoint, self.publish = Path(folder), best_checkpoint, publish
+        self.folder, self.best_checkpoint = Path(folder), best_checkpoint
         self.history = {k: list(v) for k, v in (history or {}).items()}
 
     def on_epoch_end(self, epoch: int, logs=None) -> None:
         for k, v in (logs or {}).items():
             self.history.setdefault(k, []).append(float(v))
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.model.save(self.folder / "last.keras")
+        self.model.save(self.folder / self.LAST)
         best = self.best_checkpoint.best
         state = {"epoch": epoch, "best": None if best is None else float(best), "history": self.history}
-        (self.folder / "state.json").write_text(json.dumps(state))
-        files = [self.folder / "last.keras", self.folder / "state.json"]
+        (self.folder / self.STATE).write_text(json.dumps(state))
+        files = [self.folder / self.LAST, self.folder / self.STATE]
         best_file = Path(self.best_checkpoint.filepath)
         if best_file.exists():
-            shutil.copyfile(best_file, self.folder / "best.h5")
-            files.append(self.folder / "best.h5")
-        self.publish(files)
+            shutil.copyfile(best_file, self.folder / self.BEST)
+            files.append(self.folder / self.BEST)
+        tracking.log_files(files, self.ARTIFACTS)
+        tracking.set_tags({tracking.TAG_CHECKPOINT: str(epoch + 1)})
+
+    @classmethod
+    def restore(cls, run_id: str, dst: Path, best_checkpoint: keras.callbacks.ModelCheckpoint) -> tuple[keras.Model, dict]:
+        """(the model with its optimizer state, the state) from run `run_id`'s last checkpoint;
+        its best model so far becomes best_checkpoint's file and best value."""
+        folder = tracking.download_artifacts(run_id, cls.ARTIFACTS, dst)
+        if folder is None or not (folder / cls.STATE).is_file():
+            raise FileNotFoundError(f"run {run_id} has no {cls.ARTIFACTS}/{cls.STATE} to resume from")
+        state = json.loads((folder / cls.STATE).read_text())
+        model = keras.models.load_model(folder / cls.LAST)
+        if (folder / cls.BEST).exists():
+            (folder / cls.BEST).replace(best_checkpoint.filepath)
+            best_checkpoint.best = state["best"]
+        return model, state

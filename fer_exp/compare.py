@@ -5,20 +5,19 @@
 
 Without sweep=, the latest sweep of the experiment. Jobs still running show the best
 value of their per-epoch metric so far. The table shows only the overrides that differ
-between jobs.
+between jobs. The table and plot are pure functions of run records (tracking.record).
 """
 
 from __future__ import annotations
 
-import os
 import re
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from omegaconf import OmegaConf
 
-from omegaconf import OmegaConf  # noqa: E402
+from fer_exp import tracking
 
 DEFAULTS = {"sweep": None, "experiment": "fer_exp", "metric": "best_val_accuracy", "tracking_dir": "mlruns", "tracking_uri": None, "out_dir": "outputs/compare"}
 # A summary metric and the per-epoch metric it summarises (what running jobs have so far).
@@ -29,44 +28,26 @@ class CompareError(Exception):
     """No such sweep or experiment: the message says what to pass instead."""
 
 
-def find_sweep(client, experiment: str, sweep_id: str | None):
-    """The sweep's parent run: the one named, else the newest in the experiment."""
-    from fer_exp.tracking import TAG_ROLE
-
-    if sweep_id:
-        run = client.get_run(sweep_id)
-        if run.data.tags.get(TAG_ROLE) != "sweep":
-            raise CompareError(f"run {sweep_id} is not a sweep's parent run (tag {TAG_ROLE}=sweep); pass sweep=<parent run id>")
-        return run
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        raise CompareError(f"no experiment {experiment!r} in this store; pass experiment= or tracking_dir=/tracking_uri=")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
-    if not runs:
-        raise CompareError(f"no sweep in experiment {experiment!r}; run one with `python -m fer_exp.run -m ...`")
-    return runs[0]
-
-
 def parse_overrides(text: str) -> dict[str, str]:
     """'model=deep lr=0.001' (the overrides tag) or 'model=deep,lr=0.001' (a job's run name) -> a dict."""
     return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
 
 
-def job_rows(client, runs: list, metric: str) -> list[dict]:
-    """One dict per job: overrides, status, the metric (or its best epoch so far), best epoch, params, minutes."""
+def job_rows(jobs: list[dict], metric: str) -> list[dict]:
+    """One dict per job record (with the per-epoch `history` of PER_EPOCH[metric]): overrides, status,
+    the metric (or its best epoch so far), best epoch, params, minutes; best first, with `settings`
+    and `label` naming only the overrides that differ between jobs."""
     lower_is_better = "loss" in metric
     pick = min if lower_is_better else max
     rows = []
-    for r in runs:
-        per_epoch = PER_EPOCH.get(metric, metric)
-        history = [m.value for m in sorted(client.get_metric_history(r.info.run_id, per_epoch), key=lambda m: m.step)]
-        value = r.data.metrics.get(metric, pick(history) if history else None)
-        end = r.info.end_time or time.time() * 1000
+    for j in jobs:
+        history = j.get("history") or []
+        end = j["end"] or time.time() * 1000
         rows.append({
-            "run_id": r.info.run_id, "overrides": parse_overrides(r.data.tags.get("fer_exp.overrides") or r.info.run_name or ""), "status": r.info.status,
-            "value": value, "tta": r.data.metrics.get("val_accuracy_tta"),
+            "run_id": j["run_id"], "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]), "status": j["status"],
+            "value": j["metrics"].get(metric, pick(history) if history else None), "tta": j["metrics"].get("val_accuracy_tta"),
             "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
-            "params": r.data.metrics.get("params"), "minutes": (end - r.info.start_time) / 60000,
+            "params": j["metrics"].get("params"), "minutes": (end - j["start"]) / 60000,
         })
     rows.sort(key=lambda row: (row["value"] is None, (row["value"] or 0) * (1 if lower_is_better else -1)))
     keys = list(dict.fromkeys(k for row in rows for k in row["overrides"]))  # command-line order
@@ -89,28 +70,41 @@ def table(rows: list[dict], metric: str) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
 
-def save(client, sweep, rows: list[dict], metric: str, out_dir: Path) -> Path:
-    """Write the table and the PNG to out_dir/<parent run id>/ and log both to the parent run."""
+def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path]:
+    """Write compare.png and compare.txt (the table) into `out`; returns both paths."""
     from fer_exp import plots
 
-    out = Path(out_dir) / sweep.info.run_id
     out.mkdir(parents=True, exist_ok=True)
-    png = out / "compare.png"
-    plots.save(plots.sweep_comparison(rows, metric, title=f"{sweep.info.run_name} ({len(rows)} jobs)"), png)
-    (out / "compare.txt").write_text(table(rows, metric) + "\n")
-    client.log_artifact(sweep.info.run_id, str(png))
-    client.log_artifact(sweep.info.run_id, str(out / "compare.txt"))
-    return png
+    png, txt = out / "compare.png", out / "compare.txt"
+    plots.save(plots.sweep_comparison(rows, metric, title=title), png)
+    txt.write_text(table(rows, metric) + "\n")
+    return [png, txt]
 
 
-def compare(client, sweep, metric: str, out_dir: Path) -> tuple[str, Path]:
-    """(the table, the PNG path); the PNG and the table are also logged to the parent run."""
-    from fer_exp.tracking import child_runs
-
-    rows = job_rows(client, child_runs(sweep.info.run_id), metric)
+def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path]:
+    """(the table, the PNG path) of a sweep's parent run record; both files are also logged to it."""
+    rows = job_rows(tracking.sweep_jobs(sweep["run_id"], PER_EPOCH.get(metric, metric)), metric)
     if not rows:
-        raise CompareError(f"sweep {sweep.info.run_id} has no jobs yet")
-    return table(rows, metric), save(client, sweep, rows, metric, out_dir)
+        raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
+    files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
+    tracking.log_files_to(sweep["run_id"], files)
+    return table(rows, metric), files[0]
+
+
+def find_sweep(experiment: str, sweep_id: str | None) -> dict:
+    """The sweep's parent run record: the one named, else the newest in the experiment."""
+    if sweep_id:
+        run = tracking.get_record(sweep_id)
+        if run["tags"].get(tracking.TAG_ROLE) != "sweep":
+            raise CompareError(f"run {sweep_id} is not a sweep's parent run (tag {tracking.TAG_ROLE}=sweep); pass sweep=<parent run id>")
+        return run
+    try:
+        run = tracking.latest_sweep(experiment)
+    except LookupError as e:
+        raise CompareError(f"{e}; pass experiment= or tracking_dir=/tracking_uri=") from None
+    if run is None:
+        raise CompareError(f"no sweep in experiment {experiment!r}; run one with `python -m fer_exp.run -m ...`")
+    return run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,25 +112,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(args) - set(DEFAULTS)):
         print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
         return 2
-    import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
 
-    from fer_exp.tracking import store_uris
-
-    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uris(args.tracking_dir)[0]
+    uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass tracking_dir=", file=sys.stderr)
         return 2
-    mlflow.set_tracking_uri(uri)
-    client = MlflowClient()
+    tracking.connect(uri)
     try:
-        sweep = find_sweep(client, args.experiment, args.sweep)
-        text, png = compare(client, sweep, args.metric, Path(args.out_dir))
+        sweep = find_sweep(args.experiment, args.sweep)
+        text, png = compare(sweep, args.metric, Path(args.out_dir))
     except (CompareError, MlflowException) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"sweep {sweep.info.run_id} ({sweep.info.run_name}, {sweep.info.status}), sorted by {args.metric}:\n{text}")
+    print(f"sweep {sweep['run_id']} ({sweep['name']}, {sweep['status']}), sorted by {args.metric}:\n{text}")
     print(f"plot: {png} (also in the parent run's artifacts)")
     return 0
 

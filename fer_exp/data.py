@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fer_exp.synthetic import make_faces
+
 log = logging.getLogger(__name__)
 
 # Bump when decoding changes, so old caches are not reused.
@@ -220,6 +222,26 @@ def load_folder_split(
 # --- fer2013.csv --------------------------------------------------------------
 
 
+def _parse_csv_row(row: list[str], col: dict[str, int], n_columns: int, n_emotions: int) -> tuple[str | None, int, np.ndarray | str]:
+    """(Usage or None when it is unknown, emotion id, 48x48 uint8 face or the reason the row is bad)."""
+    if len(row) < n_columns:
+        return None, -1, f"{len(row)} columns, expected {n_columns}"
+    emotion, pixels, usage = row[col["emotion"]].strip(), row[col["pixels"]], row[col["Usage"]].strip()
+    if usage not in CSV_USAGES:
+        return None, -1, f"unknown Usage {usage!r} (expected one of {', '.join(CSV_USAGES)})"
+    if not emotion.isdigit() or int(emotion) >= n_emotions:
+        return usage, -1, f"unknown emotion id {emotion!r} (expected 0..{n_emotions - 1})"
+    try:
+        values = np.array(pixels.split(), dtype=np.float64)
+    except ValueError:
+        return usage, -1, "non-numeric pixel values"
+    if values.size != CSV_SIDE * CSV_SIDE:
+        return usage, -1, f"{values.size} pixel values, expected {CSV_SIDE}x{CSV_SIDE} = {CSV_SIDE * CSV_SIDE}"
+    if values.min() < 0 or values.max() > 255:
+        return usage, -1, "pixel values outside 0..255"
+    return usage, int(emotion), values.reshape(CSV_SIDE, CSV_SIDE).astype(np.uint8)
+
+
 def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str], image_size: int = 48) -> dict[str, Split]:
     """Parse fer2013.csv (emotion,pixels,Usage) into one Split per Usage value.
 
@@ -249,34 +271,15 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
         col = {name: header.index(name) for name in ("emotion", "pixels", "Usage")}
         for row in tqdm(reader, desc=f"read {path.name}", unit="row", mininterval=1.0):
             where = f"{path.name} line {reader.line_num}"
-            if len(row) < len(header):
-                bad.append((None, where, f"{len(row)} columns, expected {len(header)}"))
+            usage, emotion, face = _parse_csv_row(row, col, len(header), len(csv_classes))
+            if isinstance(face, str):
+                bad.append((usage, where, face))
                 continue
-            emotion, pixels, usage = row[col["emotion"]].strip(), row[col["pixels"]], row[col["Usage"]].strip()
-            if usage not in rows:
-                bad.append((None, where, f"unknown Usage {usage!r} (expected one of {', '.join(CSV_USAGES)})"))
-                continue
-            if not emotion.isdigit() or int(emotion) >= len(csv_classes):
-                bad.append((usage, where, f"unknown emotion id {emotion!r} (expected 0..{len(csv_classes) - 1})"))
-                continue
-            try:
-                values = np.array(pixels.split(), dtype=np.float64)
-            except ValueError:
-                bad.append((usage, where, "non-numeric pixel values"))
-                continue
-            if values.size != CSV_SIDE * CSV_SIDE:
-                bad.append((usage, where, f"{values.size} pixel values, expected {CSV_SIDE}x{CSV_SIDE} = {CSV_SIDE * CSV_SIDE}"))
-                continue
-            if values.min() < 0 or values.max() > 255:
-                bad.append((usage, where, "pixel values outside 0..255"))
-                continue
-            img, st = to_gray(values.reshape(CSV_SIDE, CSV_SIDE).astype(np.uint8), image_size)
+            img, st = to_gray(face, image_size)
             for k, v in st.items():
                 stats[k] += v
-            images, labels, sources = rows[usage]
-            images.append(img)
-            labels.append(to_label[int(emotion)])
-            sources.append(where)
+            for values, value in zip(rows[usage], (img, to_label[emotion], where)):
+                values.append(value)
     out = {}
     for usage, (images, labels, sources) in rows.items():
         arr = np.stack(images) if images else np.zeros((0, image_size, image_size), np.uint8)
@@ -307,6 +310,18 @@ def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes
             if u == usage:
                 split = parsed
     return split
+
+
+# --- the built-in synthetic set -------------------------------------------------
+
+
+def synthetic_split(n_per_class: int, classes: list[str], size: int = 48, seed: int = 0) -> Split:
+    """`n_per_class` drawn faces of each class (see synthetic.py) as a Split."""
+    try:
+        images, labels = make_faces(n_per_class, classes, size, seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return Split(images, labels, digest=f"synthetic-n{n_per_class}-s{size}-seed{seed}")
 
 
 # --- checks and helpers -------------------------------------------------------
@@ -398,13 +413,11 @@ def load_data(cfg: dict, seed: int = 0) -> tuple[dict[str, Split], str]:
             return load_csv_split(cfg["path"], split, classes, cfg["csv_classes"], size, cache)
 
     elif fmt == "synthetic":
-        from fer_exp.synthetic import make_split
-
         source = "synthetic"
         per_class = {"train": cfg.get("train_per_class", 300), "validation": cfg.get("val_per_class", 60)}
 
         def load(name: str, split: str) -> Split:
-            return make_split(per_class[name], classes, size, seed=seed + (name == "validation"))
+            return synthetic_split(per_class[name], classes, size, seed=seed + (name == "validation"))
 
     else:
         raise DataError(f"data.format={fmt!r} is not one of folders, csv, synthetic")

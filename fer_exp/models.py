@@ -1,4 +1,5 @@
-"""Model builders: plain arguments in, an uncompiled functional keras.Model out.
+"""Model builders: plain arguments in, an uncompiled functional keras.Model out; and the
+class names that travel with a trained model.
 
 `conf/model/<name>.yaml` picks a builder from MODELS by its `name` key; the
 other keys are the builder's keyword arguments.
@@ -6,10 +7,15 @@ other keys are the builder's keyword arguments.
 
 from __future__ import annotations
 
+import json
+import logging
+from pathlib import Path
 from typing import Callable
 
 import keras
 from keras import layers
+
+log = logging.getLogger(__name__)
 
 
 def _conv_blocks(x, filters: list[int]):
@@ -85,3 +91,39 @@ def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Mod
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
     return MODELS[name](tuple(input_shape), num_classes, **kwargs)
+
+
+# --- the labels of a trained model ------------------------------------------------------
+
+CLASSES_KEY = "classes"  # in an MLflow model's metadata, and the name of the file beside model.h5
+# For a bare .h5 without its class list: FER2013's seven classes, as conf/data/ sets them.
+FER7_FILE = Path(__file__).resolve().parents[1] / "conf" / "data" / "_fer7.yaml"
+
+
+def classes_file(model_file: str | Path) -> Path:
+    """Where the class list of `model_file` is kept: classes.json in the same folder."""
+    return Path(model_file).with_name(f"{CLASSES_KEY}.json")
+
+
+def write_classes(model_file: str | Path, classes: list[str]) -> Path:
+    path = classes_file(model_file)
+    path.write_text(json.dumps(list(classes)) + "\n")
+    return path
+
+
+def read_classes(model_file: str | Path) -> list[str] | None:
+    path = classes_file(model_file)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def classes_for(model: keras.Model, classes: list[str] | None, source: str) -> list[str]:
+    """The model's class names: those it came with, else FER2013's seven when it has 7 outputs."""
+    outputs = int(model.output_shape[-1])
+    if classes is None:
+        from omegaconf import OmegaConf
+
+        classes = list(OmegaConf.load(FER7_FILE).classes)
+        log.warning("%s carries no class list; assuming FER2013's %s", source, ", ".join(classes))
+    if len(classes) != outputs:
+        raise ValueError(f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; put the right list in {CLASSES_KEY}.json beside the model file")
+    return list(classes)

@@ -6,6 +6,11 @@ import numpy as np
 import tensorflow as tf
 
 
+def to_inputs(images) -> tf.Tensor:
+    """uint8 (..., H, W) gray images -> float32 (..., H, W, 1) in [0, 1]: what every model takes."""
+    return tf.cast(images, tf.float32)[..., tf.newaxis] / 255.0
+
+
 def make_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -27,7 +32,7 @@ def make_dataset(
     ds = ds.batch(batch_size)
 
     def prepare(x, y):
-        x = tf.cast(x, tf.float32)[..., tf.newaxis] / 255.0
+        x = to_inputs(x)
         if training and augmenter is not None:
             x = augmenter(x, training=True)
         return x, tf.one_hot(y, num_classes)

@@ -1,4 +1,5 @@
-"""Figures a person would rather look at than read: curves and confusion matrices."""
+"""Figures a person would rather look at than read: curves, confusion matrices, sweep comparisons,
+expressions over time."""
 
 from __future__ import annotations
 
@@ -68,6 +69,18 @@ def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figu
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def probability_timeline(times: np.ndarray, probs: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
+    """One line per class: its probability over time (seconds), e.g. for the largest face of a clip."""
+    fig, ax = plt.subplots(figsize=(10, 4))
+    for k, name in enumerate(classes):
+        ax.plot(times, probs[:, k], marker="o", markersize=2, label=name)
+    ax.set(xlabel="time (s)", ylabel="probability", ylim=(0, 1), title=title or "class probabilities over time")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -1,69 +1,60 @@
-"""Find the faces in photos and classify their expression.
+"""Find the faces in photos and video clips and classify their expressions.
 
     python -m fer_exp.predict model=<runs:/RUN_ID/model | models:/fer@champion | path/to/model.h5> \
-        <images or folders...> [--no-detect] [--out DIR] [--tracking-dir mlruns]
+        <images, videos or folders...> [--detector mtcnn|haar] [--threshold 0.9] [--min-face 24]
+        [--no-detect] [--every N] [--out DIR] [--tracking-dir mlruns | --tracking-uri URL]
 
-Faces are found with OpenCV's Haar cascade (ships in the opencv-python wheel; works
-offline), levelled by the eyes when both are found, cropped, turned gray and resized
-to the model's input. One line per face: file, box (x, y, width, height), label,
-confidence. --out DIR writes an annotated copy of each image and predictions.csv.
---no-detect takes each image as one pre-cropped face. Files that cannot be read, are
-not images or show no face are reported and skipped; the exit status is then 1.
+Faces are found with MTCNN (default; its weights ship in the `mtcnn` wheel, so it works
+offline) or OpenCV's Haar cascade, levelled by the eyes, cropped as FER2013 faces are
+and resized to the model's input (faces.py). One line per face: file, [frame,] box
+(x, y, width, height), label, confidence. predictions.csv (one row per face, per sampled
+frame for videos) goes to --out, else outputs/predict/<date>; with --out also an annotated
+copy of each image and clip, and for each clip a timeline of the class probabilities of
+its largest face. --no-detect takes each image or frame as one pre-cropped face. Files
+that cannot be read, are not images or videos, have no frames, or (images) show no face
+are reported and skipped; the exit status is then 1.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import sys
+import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import cv2
+import numpy as np
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from fer_exp.faces import LANDMARKS, DETECTORS, Face, make_detector
 
-from fer_exp.evaluate import CLASSES_FILE  # noqa: E402
-
-CASCADES = Path(cv2.data.haarcascades)
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
+SAMPLES_PER_SECOND = 5  # --every's default: about this many analysed frames per second of video
 
 
-class FaceFinder:
-    """Haar cascades for faces and eyes, from the OpenCV wheel."""
+class Predictor:
+    """A model, its class names and a face detector (None: the whole image is the face)."""
 
-    def __init__(self, min_size: int = 24):
-        self.faces = cv2.CascadeClassifier(str(CASCADES / "haarcascade_frontalface_default.xml"))
-        self.eyes = cv2.CascadeClassifier(str(CASCADES / "haarcascade_eye.xml"))
-        if self.faces.empty() or self.eyes.empty():
-            raise RuntimeError(f"OpenCV's Haar cascades are missing from {CASCADES} (opencv-python 4.x ships them)")
-        self.min_size = min_size
+    def __init__(self, model, classes: list[str], detector=None):
+        self.model, self.classes, self.detector = model, classes, detector
+        self.size = int(model.input_shape[1])
 
-    def find(self, gray: np.ndarray) -> list[tuple[int, int, int, int]]:
-        """Face boxes (x, y, w, h), left to right."""
-        found = self.faces.detectMultiScale(cv2.equalizeHist(gray), scaleFactor=1.1, minNeighbors=5, minSize=(self.min_size, self.min_size))
-        return sorted((tuple(int(v) for v in box) for box in found), key=lambda b: b[0])
+    def __call__(self, bgr: np.ndarray) -> list[dict]:
+        """One dict per face: box, label, confidence, probs, and the detector's Face."""
+        from fer_exp.pipeline import to_inputs
 
-    def eye_angle(self, face: np.ndarray) -> float:
-        """Degrees to rotate the face so that its eyes are level (0 unless two eyes are found)."""
-        h, w = face.shape
-        eyes = self.eyes.detectMultiScale(face[: h // 2], scaleFactor=1.1, minNeighbors=5, minSize=(w // 8, w // 8))
-        if len(eyes) < 2:
-            return 0.0
-        (x1, y1, w1, h1), (x2, y2, w2, h2) = sorted(sorted(eyes, key=lambda e: -e[2])[:2], key=lambda e: e[0])
-        angle = np.degrees(np.arctan2((y2 + h2 / 2) - (y1 + h1 / 2), (x2 + w2 / 2) - (x1 + w1 / 2)))
-        return float(angle) if abs(angle) <= 30 else 0.0  # larger angles are more likely a false eye
-
-    def crop(self, gray: np.ndarray, box: tuple[int, int, int, int], size: int) -> np.ndarray:
-        """The face in `box`, eyes levelled, as a size x size uint8 image."""
-        x, y, w, h = box
-        angle = self.eye_angle(gray[y : y + h, x : x + w])
-        if angle:
-            rotation = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), angle, 1.0)
-            gray = cv2.warpAffine(gray, rotation, gray.shape[::-1], borderMode=cv2.BORDER_REPLICATE)
-        return cv2.resize(gray[y : y + h, x : x + w], (size, size), interpolation=cv2.INTER_AREA)
+        gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+        if self.detector is None:
+            found = [Face((0, 0, gray.shape[1], gray.shape[0]))]
+            crops = [cv2.resize(gray, (self.size, self.size), interpolation=cv2.INTER_AREA)]
+        else:
+            found = self.detector.detect(bgr)
+            crops = [self.detector.crop(gray, f, self.size) for f in found]
+        if not found:
+            return []
+        probs = np.asarray(self.model(to_inputs(np.stack(crops)), training=False))
+        return [{"face": f, "box": f.box, "label": self.classes[int(p.argmax())], "confidence": float(p.max()), "probs": p} for f, p in zip(found, probs)]
 
 
 def list_inputs(items: list[str]) -> list[Path]:
@@ -78,82 +69,136 @@ def list_inputs(items: list[str]) -> list[Path]:
 
 
 def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
-    """A copy of the image with each face's box and label drawn on it."""
+    """A copy of the image with each face's box, landmarks and label drawn on it."""
     out = image.copy()
     scale = max(0.4, min(out.shape[:2]) / 600)
     for f in faces:
         x, y, w, h = f["box"]
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 0), max(1, round(2 * scale)))
+        for px, py in f["face"].landmarks.values():
+            cv2.circle(out, (round(px), round(py)), max(1, round(2 * scale)), (0, 200, 255), -1)
         cv2.putText(out, f"{f['label']} {f['confidence']:.2f}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 200, 0), max(1, round(scale)))
     return out
 
 
-def predict_file(path: Path, model, finder: FaceFinder | None, classes: list[str]) -> tuple[np.ndarray, list[dict]]:
-    """(the colour image, one dict per face). Raises ValueError for a file that yields no face."""
+def csv_header(classes: list[str]) -> list[str]:
+    marks = [f"{k}_{axis}" for k in LANDMARKS for axis in "xy"]
+    return ["path", "face", "x", "y", "width", "height", "label", "confidence", *classes, "detector_confidence", *marks, "frame", "time_s"]
+
+
+def csv_row(path: Path, i: int, f: dict, frame: int | None = None, seconds: float | None = None) -> list:
+    face = f["face"]
+    marks = [f"{v:.1f}" for k in LANDMARKS for v in face.landmarks.get(k, ())] or [""] * 2 * len(LANDMARKS)
+    det = "" if face.confidence is None else f"{face.confidence:.4f}"
+    when = ["" if frame is None else frame, "" if seconds is None else f"{seconds:.3f}"]
+    return [str(path), i, *f["box"], f["label"], f"{f['confidence']:.6f}", *(f"{p:.6f}" for p in f["probs"]), det, *marks, *when]
+
+
+def face_lines(path: Path, faces: list[dict], where: str = "") -> None:
+    for i, f in enumerate(faces, 1):
+        tqdm.write(f"{path}\t{where}face {i}/{len(faces)}\tbox {','.join(map(str, f['box']))}\t{f['label']}\t{f['confidence']:.3f}")
+
+
+def predict_image(path: Path, predict: Predictor, annotated: Path | None) -> list[list]:
+    """CSV rows of the faces in one image. Raises ValueError for a file that yields no face."""
     if not path.is_file():
         raise ValueError("no such file")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if image is None:
         raise ValueError("unreadable or not an image")
-    gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-    size = int(model.input_shape[1])
-    if finder is None:
-        boxes, crops = [(0, 0, gray.shape[1], gray.shape[0])], [cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA)]
-    else:
-        boxes = finder.find(gray)
-        if not boxes:
-            raise ValueError("no face found (--no-detect takes the whole image as the face)")
-        crops = [finder.crop(gray, box, size) for box in boxes]
-    x = np.stack(crops)[..., None].astype("float32") / 255.0
-    probs = np.asarray(model(x, training=False))
-    return image, [
-        {"box": box, "label": classes[int(p.argmax())], "confidence": float(p.max()), "probs": p} for box, p in zip(boxes, probs)
-    ]
+    faces = predict(image)
+    if not faces:
+        raise ValueError("no face found (--no-detect takes the whole image as the face)")
+    face_lines(path, faces)
+    if annotated:
+        cv2.imwrite(str(annotated.with_suffix(".png")), annotate(image, faces))
+    return [csv_row(path, i, f) for i, f in enumerate(faces, 1)]
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def predict_video(path: Path, predict: Predictor, every: int | None, annotated: Path | None) -> list[list]:
+    """CSV rows of the faces in every `every`-th frame of a clip; with `annotated`, an annotated copy
+    of the clip (.mp4) and the timeline of its largest face's class probabilities (_timeline.png)."""
+    cap = cv2.VideoCapture(str(path))
+    if not path.is_file() or not cap.isOpened():
+        raise ValueError("cannot be opened as a video")
+    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
+    every = every or max(1, round(fps / SAMPLES_PER_SECOND))
+    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    rows, timeline, writer, faces, n = [], [], None, [], 0
+    with tqdm(total=total, desc=path.name, unit="frame", mininterval=1.0) as bar:
+        while True:
+            ok, frame = cap.read()
+            if not ok:
+                break
+            if n % every == 0:
+                faces = predict(frame)
+                face_lines(path, faces, f"frame {n} ({n / fps:.2f} s)\t")
+                rows += [csv_row(path, i, f, n, n / fps) for i, f in enumerate(faces, 1)]
+                if faces:
+                    timeline.append((n / fps, max(faces, key=lambda f: f["box"][2] * f["box"][3])["probs"]))
+            if annotated:
+                writer = writer or cv2.VideoWriter(str(annotated.with_suffix(".mp4")), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+                writer.write(annotate(frame, faces))
+            n += 1
+            bar.update()
+    cap.release()
+    if writer:
+        writer.release()
+    if n == 0:
+        raise ValueError("no frames (an empty or unsupported video)")
+    if annotated and timeline:
+        from fer_exp import plots
+
+        times, probs = zip(*timeline)
+        title = f"{path.name}: largest face, every {every} frame(s)"
+        plots.save(plots.probability_timeline(np.array(times), np.stack(probs), predict.classes, title), annotated.with_name(f"{annotated.name}_timeline.png"))
+    if not rows:
+        tqdm.write(f"{path}: no face in {-(-n // every)} sampled frame(s)")
+    return rows
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
     # model=X (the style of the other commands) is --model X
     argv = [f"--{a.partition('=')[0].replace('_', '-')}={a.partition('=')[2]}" if a.partition("=")[0] in ("model", "tracking_dir", "tracking_uri") else a for a in argv]
     ap = argparse.ArgumentParser(prog="python -m fer_exp.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="runs:/RUN_ID/model, models:/fer@champion or a .h5/.keras file")
-    ap.add_argument("inputs", nargs="+", help="image files or folders")
-    ap.add_argument("--no-detect", action="store_true", help="each image is one pre-cropped face")
-    ap.add_argument("--out", type=Path, help="write annotated copies and predictions.csv here")
+    ap.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
+    ap.add_argument("--detector", choices=sorted(DETECTORS), default="mtcnn", help="face detector (default mtcnn)")
+    ap.add_argument("--threshold", type=float, default=0.9, help="the smallest MTCNN confidence that counts as a face")
     ap.add_argument("--min-face", type=int, default=24, help="smallest face to find, in pixels")
+    ap.add_argument("--no-detect", action="store_true", help="each image or frame is one pre-cropped face")
+    ap.add_argument("--every", type=int, help=f"analyse every N-th video frame (default: about {SAMPLES_PER_SECOND} a second)")
+    ap.add_argument("--out", type=Path, help="write predictions.csv, annotated copies and video timelines here")
     ap.add_argument("--tracking-dir", default="mlruns", help="local MLflow store for runs:/ and models:/ URIs")
-    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), help="MLflow server instead of --tracking-dir")
-    args = ap.parse_args(argv)
+    ap.add_argument("--tracking-uri", help="MLflow server instead of --tracking-dir (default: MLFLOW_TRACKING_URI)")
+    return ap.parse_args(argv)
 
-    from fer_exp import tracking
 
-    classes = list(OmegaConf.load(CLASSES_FILE).classes)
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    from fer_exp.evaluate import load_model
+
     try:
-        model = tracking.load_keras_model(args.model, args.tracking_uri, args.tracking_dir)
+        model, classes = load_model(args.model, args.tracking_uri, args.tracking_dir)
     except Exception as e:  # a wrong path, run id or alias: say so, no traceback
         print(f"error: cannot load model {args.model}: {e}", file=sys.stderr)
         return 2
-    finder = None if args.no_detect else FaceFinder(args.min_face)
+    predict = Predictor(model, classes, None if args.no_detect else make_detector(args.detector, args.min_face, args.threshold))
+    out = args.out or Path("outputs/predict") / time.strftime("%Y-%m-%d_%H-%M-%S")
+    out.mkdir(parents=True, exist_ok=True)
     paths = list_inputs(args.inputs)
     rows, failed = [], []
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-    for n, path in enumerate(tqdm(paths, desc="predict", unit="img", disable=len(paths) < 2)):
+    for n, path in enumerate(tqdm(paths, desc="predict", unit="file", disable=len(paths) < 2)):
+        annotated = args.out / f"{n:04d}_{path.stem}" if args.out else None  # numbered: names may repeat across folders
         try:
-            image, faces = predict_file(path, model, finder, classes)
+            video = path.suffix.lower() in VIDEO_SUFFIXES
+            rows += predict_video(path, predict, args.every, annotated) if video else predict_image(path, predict, annotated)
         except ValueError as e:
             failed.append(path)
             tqdm.write(f"{path}: error: {e}", file=sys.stderr)
-            continue
-        for i, f in enumerate(faces, 1):
-            tqdm.write(f"{path}\tface {i}/{len(faces)}\tbox {','.join(map(str, f['box']))}\t{f['label']}\t{f['confidence']:.3f}")
-            rows.append([str(path), i, *f["box"], f["label"], f"{f['confidence']:.6f}", *(f"{p:.6f}" for p in f["probs"])])
-        if args.out:
-            cv2.imwrite(str(args.out / f"{n:04d}_{path.stem}.png"), annotate(image, faces))  # numbered: names may repeat across folders
-    if args.out:
-        with open(args.out / "predictions.csv", "w", newline="") as fh:
-            csv.writer(fh).writerows([["path", "face", "x", "y", "width", "height", "label", "confidence", *classes], *rows])
-        print(f"annotated images and predictions.csv in {args.out}")
+    with open(out / "predictions.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([csv_header(classes), *rows])
+    print(f"predictions.csv{' and annotated copies' if args.out else ''} in {out}")
     print(f"{len(paths) - len(failed)} of {len(paths)} file(s) processed, {len(rows)} face(s); {len(failed)} failed", file=sys.stderr)
     return 1 if failed else 0
 

@@ -8,17 +8,16 @@ import os
 import sys
 import warnings
 
-# Quiet TensorFlow's C++ start-up chatter before it is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from fer_exp.config import run_name as name_of
+from fer_exp.data import REMOTE_ENV, DataError
+
 # conf/hydra/launcher/ray.yaml extends hydra-ray-launcher's schema of the same name on purpose.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
-
-import hydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from hydra.types import RunMode  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from fer_exp.data import REMOTE_ENV, DataError  # noqa: E402
 
 log = logging.getLogger("fer_exp")
 
@@ -26,7 +25,7 @@ log = logging.getLogger("fer_exp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
-    from fer_exp import tracking  # TensorFlow and MLflow load for a job, not for --help
+    from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.train import train
 
@@ -36,8 +35,7 @@ def main(cfg: DictConfig) -> float | None:
     if os.environ.get(REMOTE_ENV) and os.path.isdir(hc.runtime.cwd):
         os.chdir(hc.runtime.cwd)  # on a cluster worker: relative paths (data.root, caches) mean what they do on the driver
     overrides = list(hc.overrides.task)
-    # Named after what was chosen, e.g. "model=deep,lr=0.001"; where results go or resuming are not choices.
-    run_name = ",".join(o for o in overrides if not o.startswith(("tracking.", "tracking=", "resume=", "verbose="))) or "defaults"
+    run_name = name_of(overrides)  # e.g. "model=deep,lr=0.001"
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         raise_if_signalled()  # a signal during the previous job's final logging stops the sweep here
@@ -45,7 +43,7 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)
         if not os.environ.get(REMOTE_ENV):  # on a cluster worker only this job stops; the driver ends the sweep
-            tracking.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
+            sweep.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
     except DataError as e:
         # A user error: the message says what to fix; a traceback would only hide it.

@@ -10,8 +10,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from fer_exp.data import DataError, Split
-
 CANVAS = 96  # drawn at 2x and downscaled, for smooth edges
 
 # Per class: eye half-height, inner/outer brow offset (down is +), mouth shape
@@ -81,15 +79,15 @@ def draw_face(kind: str, rng: np.random.Generator, size: int = 48) -> np.ndarray
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
-def make_split(n_per_class: int, classes: list[str], size: int = 48, seed: int = 0) -> Split:
-    """`n_per_class` faces of each class, labels indexing `classes`, shuffled."""
+def make_faces(n_per_class: int, classes: list[str], size: int = 48, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, size, size) uint8, labels (N,) int64 indexing `classes`): `n_per_class` faces of each class, shuffled."""
     unknown = [c for c in classes if c not in FEATURES]
     if unknown:
-        raise DataError(f"data=synthetic draws only {sorted(FEATURES)}; data.classes has {unknown}")
+        raise ValueError(f"data=synthetic draws only {sorted(FEATURES)}; data.classes has {unknown}")
     if n_per_class < 1:
-        raise DataError(f"data.train_per_class / data.val_per_class must be >= 1, got {n_per_class}")
+        raise ValueError(f"data.train_per_class / data.val_per_class must be >= 1, got {n_per_class}")
     rng = np.random.default_rng(seed)
     labels = np.repeat(np.arange(len(classes)), n_per_class)
     rng.shuffle(labels)
     images = np.stack([draw_face(classes[k], rng, size) for k in labels])
-    return Split(images, labels.astype(np.int64), digest=f"synthetic-n{n_per_class}-s{size}-seed{seed}")
+    return images, labels.astype(np.int64)

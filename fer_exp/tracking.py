@@ -1,40 +1,51 @@
-"""Everything that talks to MLflow: the store, runs, metrics, artifacts, sweeps.
+"""Everything that talks to MLflow: the store, runs, metrics, artifacts, models, the registry.
 
 The default store is the project's mlruns/: a SQLite database plus an artifact
-folder, as absolute URIs (MLflow 3.17 refuses the old file store). A multirun
-gets one parent run, created before any job starts (which also creates the
-schema once, before parallel jobs could race on it); each job is a nested child.
+folder, as absolute URIs (MLflow 3.17 refuses the old file store). Runs leave this
+module as plain records (see `record`); the sweep's lifecycle is in sweep.py.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import logging
 import os
 import socket
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import keras
 import mlflow
-from hydra.experimental.callback import Callback
 from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger(__name__)
 
 PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes; Ray gets it passed)
-TAG_ROLE, TAG_SWEEP, TAG_HASH = "fer_exp.role", "fer_exp.sweep_id", "fer_exp.config_hash"
-TAG_STOP, TAG_REUSED, TAG_BEST = "fer_exp.stop_reason", "fer_exp.reused", "fer_exp.best"
-CHAMPION = "champion"  # the registry alias of the best model so far
+# Run tags: every one fer_exp sets.
+TAG_ROLE = "fer_exp.role"  # "sweep" (a multirun's parent) or "job"
+TAG_SWEEP = "fer_exp.sweep_id"  # a job's sweep (its parent run id)
 TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder
+TAG_HASH = "fer_exp.config_hash"  # see config.config_hash
+TAG_OVERRIDES = "fer_exp.overrides"  # the command-line overrides, space-separated
+TAG_COMMAND = "fer_exp.command"  # a sweep's command line
+TAG_STOP = "fer_exp.stop_reason"  # epochs | early_stopping | max_minutes | interrupted
+TAG_ERROR = "fer_exp.error"  # why a run FAILED
+TAG_CHECKPOINT = "fer_exp.checkpoint_epoch"  # epochs in the run's checkpoint/ folder
+TAG_RESUMED_FROM = "fer_exp.resumed_from"  # the interrupted run a job continued
+TAG_REUSED = "fer_exp.reused"  # prefix: on a parent, fer_exp.reused.<run id> for each FINISHED run a resumed sweep reused
+TAG_BEST = "fer_exp.best"  # "true" on a sweep's best job
+TAG_BEST_RUN = "fer_exp.best_run"  # on a parent: its best job's run id
+TAG_KEPT = "fer_exp.kept_weights"  # which weights the model and its scores are: "best epoch N" or "last epoch N"
+TAG_GIT_DIRTY, TAG_HOST, TAG_RAY_NODE = "fer_exp.git_dirty", "fer_exp.host", "fer_exp.ray_node"
+CHAMPION = "champion"  # the registry alias of the best model so far
 LOST = "lost: the job's process ended without ending its run (a killed worker?)"  # fer_exp.error of such a run
 
 
@@ -42,6 +53,16 @@ def store_uris(directory: str | Path) -> tuple[str, str]:
     """(tracking URI, artifact root URI) for a local store in `directory`."""
     root = Path(directory).expanduser().resolve()
     return f"sqlite:///{root / 'mlflow.db'}", (root / "artifacts").as_uri()
+
+
+def resolve_uri(uri: str | None, directory: str | Path = "mlruns") -> str:
+    """The tracking URI to use: `uri`, else MLFLOW_TRACKING_URI, else the local store in `directory`."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uris(directory)[0]
+
+
+def connect(uri: str) -> None:
+    """Point MLflow at an existing store or server (configure() also selects an experiment)."""
+    mlflow.set_tracking_uri(uri)
 
 
 def configure(uri: str | None, directory: str | Path = "mlruns", experiment: str = "fer_exp") -> str:
@@ -64,15 +85,15 @@ def git_state() -> dict[str, str]:
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return {}
-    return {"mlflow.source.git.commit": commit, "fer_exp.git_dirty": str(bool(dirty)).lower()}
+    return {"mlflow.source.git.commit": commit, TAG_GIT_DIRTY: str(bool(dirty)).lower()}
 
 
 def placement() -> dict[str, str]:
     """Where a job runs: the host, and the node when it is a Ray task (hydra/launcher=ray)."""
-    tags = {"fer_exp.host": socket.gethostname()}
+    tags = {TAG_HOST: socket.gethostname()}
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
-        tags["fer_exp.ray_node"] = ray.get_runtime_context().get_node_id()
+        tags[TAG_RAY_NODE] = ray.get_runtime_context().get_node_id()
     return tags
 
 
@@ -98,7 +119,7 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
             mlflow.end_run("KILLED")
             raise
         except Exception as e:
-            mlflow.set_tag("fer_exp.error", f"{type(e).__name__}: {e}"[:5000])
+            mlflow.set_tag(TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
             mlflow.log_text(traceback.format_exc(), "error.txt")
             raise
 
@@ -120,18 +141,39 @@ def set_tags(tags: dict[str, str]) -> None:
     mlflow.set_tags(tags)
 
 
-def previous_runs(experiment_id: str, config_hash: str) -> list:
-    """Job runs of the experiment with this config hash, newest first."""
-    return MlflowClient().search_runs(
+def record(run, history_metric: str | None = None) -> dict:
+    """A run as a plain dict: run_id, name, status, params, metrics, tags, start and end (ms, end None
+    while running) and, with `history_metric`, that metric's values per epoch (`history`)."""
+    history = []
+    if history_metric:
+        history = [m.value for m in sorted(MlflowClient().get_metric_history(run.info.run_id, history_metric), key=lambda m: m.step)]
+    return {
+        "run_id": run.info.run_id, "name": run.info.run_name or "", "status": run.info.status, "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "start": run.info.start_time, "end": run.info.end_time, "history": history,
+    }
+
+
+def get_record(run_id: str, history_metric: str | None = None) -> dict:
+    return record(MlflowClient().get_run(run_id), history_metric)
+
+
+def find_previous(experiment_id: str, config_hash: str) -> tuple[dict | None, dict | None]:
+    """(the newest FINISHED job run of this config, the newest KILLED or lost one with a checkpoint), as records or None."""
+    runs = MlflowClient().search_runs(
         [experiment_id], f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_ROLE}` = 'job'", order_by=["attributes.start_time DESC"]
     )
+    finished = next((record(r) for r in runs if r.info.status == "FINISHED"), None)
+    # FAILED runs start over: their failure (a NaN, a bad value) would likely repeat; not so a lost one (a dead worker).
+    stopped = [r for r in runs if r.info.status == "KILLED" or r.data.tags.get(TAG_ERROR) == LOST]
+    interrupted = next((record(r) for r in stopped if r.data.tags.get(TAG_CHECKPOINT)), None)
+    return finished, interrupted
 
 
-def download_checkpoint(run_id: str, dst: Path) -> Path | None:
-    """The `checkpoint/` folder an interrupted run left, downloaded into `dst`, or None."""
-    if not any(a.path == "checkpoint/state.json" for a in MlflowClient().list_artifacts(run_id, "checkpoint")):
+def download_artifacts(run_id: str, path: str, dst: Path) -> Path | None:
+    """The run's artifact folder `path`, downloaded into `dst`; None when the run has none."""
+    if not MlflowClient().list_artifacts(run_id, path):
         return None
-    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="checkpoint", dst_path=str(dst)))
+    return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
 
 
 def note_reused(run_id: str) -> None:
@@ -162,34 +204,24 @@ def log_dataset(name: str, source: str, digest: str, context: str) -> None:
     mlflow.log_input(MetaDataset(_Source(source), name=name, digest=digest[:36]), context=context)
 
 
-def log_keras_model(model: keras.Model, example) -> None:
-    """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model)."""
+def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -> None:
+    """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model), with `metadata`
+    (e.g. its class names) in its MLmodel file."""
+    import keras
     import tensorflow as tf
     from mlflow.models import infer_signature
 
     signature = infer_signature(example, model.predict(example, verbose=0))
     # Explicit requirements: skip MLflow's slow import-capturing inference.
     reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
-    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=reqs)
+    mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=reqs, metadata=metadata)
 
 
-def load_keras_model(uri: str, tracking_uri: str | None = None, directory: str | Path = "mlruns") -> keras.Model:
-    """A Keras model from a file (.h5, .keras) or an MLflow URI (runs:/..., models:/...)."""
-    if "://" not in uri and ":/" not in uri:
-        if not Path(uri).exists():
-            raise FileNotFoundError(f"model file not found: {Path(uri).resolve()} (model=path/to/model.h5 or runs:/RUN_ID/model)")
-        return keras.models.load_model(uri, compile=False)
-    mlflow.set_tracking_uri(tracking_uri or store_uris(directory)[0])
-    return mlflow.keras.load_model(uri)
-
-
-class EpochLogger(keras.callbacks.Callback):
-    """Logs every Keras epoch metric plus the learning rate to the active run."""
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        metrics["lr"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
-        mlflow.log_metrics(metrics, step=epoch)
+def load_logged_model(uri: str, tracking_uri: str) -> tuple[keras.Model, dict]:
+    """(the Keras model, its MLmodel metadata) of an MLflow model URI (runs:/..., models:/...)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    metadata = mlflow.models.get_model_info(uri).metadata or {}
+    return mlflow.keras.load_model(uri), metadata
 
 
 class _Source(DatasetSource):
@@ -221,120 +253,71 @@ class _Source(DatasetSource):
         return cls(source_dict["uri"])
 
 
-# --- sweeps -------------------------------------------------------------------
+# --- sweeps and the registry (their lifecycle: sweep.py) ------------------------------
 
 
-def child_runs(parent_id: str) -> list:
-    """The job runs nested under a sweep's parent run, oldest first."""
-    parent = MlflowClient().get_run(parent_id)
-    return MlflowClient().search_runs(
-        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"], max_results=10000
+def create_sweep_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """A sweep's parent run, left RUNNING; returns its id."""
+    return MlflowClient().create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **git_state(), **tags}).info.run_id
+
+
+def latest_sweep(experiment: str) -> dict | None:
+    """The newest sweep's parent run of the experiment, as a record; None without one.
+    Raises LookupError when the experiment does not exist."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise LookupError(f"no experiment {experiment!r} in this store")
+    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    return record(runs[0]) if runs else None
+
+
+def sweep_jobs(parent_id: str, history_metric: str | None = None) -> list[dict]:
+    """The job runs nested under a sweep's parent run, oldest first, as records."""
+    client = MlflowClient()
+    runs = client.search_runs(
+        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"], max_results=10000
     )
+    return [record(r, history_metric) for r in runs]
 
 
-def register_champion(run, metric: str = "best_val_accuracy") -> str | None:
-    """Register the run's model under its data's registry name (param data.register_as, e.g. `fer`).
-
-    The alias `champion` moves to it when it beats the current champion on `metric`.
-    Returns what was done, or None when the run's data has no registry name.
-    """
-    name = run.data.params.get("data.register_as")
-    if not name or name == "None":
-        return None
+def end_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> None:
+    """End a run that is not the active one (a sweep's parent, a lost job) with `status` and `tags`."""
     client = MlflowClient()
-    found = client.search_model_versions(f"name = '{name}' and run_id = '{run.info.run_id}'")
+    for k, v in (tags or {}).items():
+        client.set_tag(run_id, k, v)
+    client.set_terminated(run_id, status)
+
+
+def tag_run(run_id: str, tags: dict[str, str]) -> None:
+    for k, v in tags.items():
+        MlflowClient().set_tag(run_id, k, v)
+
+
+def log_files_to(run_id: str, paths: list[str | Path]) -> None:
+    for p in paths:
+        MlflowClient().log_artifact(run_id, str(p))
+
+
+def register_model(run_id: str, name: str) -> str:
+    """The registry version of the run's model under `name`, registered now unless it already is."""
+    client = MlflowClient()
+    found = client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")
+    if found:
+        return found[0].version
+    run = client.get_run(run_id)
     logged = run.outputs.model_outputs if run.outputs else []  # MLflow 3 keeps the model as a logged model of the run
-    source = f"models:/{logged[-1].model_id}" if logged else f"runs:/{run.info.run_id}/model"
-    version = found[0] if found else mlflow.register_model(source, name)
-    score, best = run.data.metrics[metric], None
+    source = f"models:/{logged[-1].model_id}" if logged else f"runs:/{run_id}/model"
+    return mlflow.register_model(source, name).version
+
+
+def champion(name: str) -> tuple[str, str] | None:
+    """(version, run id) that the alias `champion` of registered model `name` points at, or None."""
     with contextlib.suppress(MlflowException):
-        champion = client.get_model_version_by_alias(name, CHAMPION)
-        best = client.get_run(champion.run_id).data.metrics.get(metric)
-    if best is not None and score <= best:
-        return f"model {name} version {version.version} registered; {name}@{CHAMPION} stays version {champion.version} ({metric} {best:.4f} >= {score:.4f})"
-    client.set_registered_model_alias(name, CHAMPION, version.version)
-    return f"model {name} version {version.version} is now models:/{name}@{CHAMPION} ({metric} {score:.4f})"
+        version = MlflowClient().get_model_version_by_alias(name, CHAMPION)
+        return version.version, version.run_id
+    return None
 
 
-def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, jobs_done: bool = True) -> bool:
-    """End the current sweep's parent run, tag its best job, print the summary.
-
-    The best FINISHED job's model is registered (see register_champion) and, with
-    out_dir, the comparison plot is written there and logged to the parent run.
-    jobs_done: no job can still be running, so a job run left RUNNING was lost (its
-    process died, e.g. a killed worker) and is ended FAILED with the reason.
-    status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
-    """
-    parent = os.environ.pop(PARENT_ENV, None)
-    if not parent:
-        return True
-    from fer_exp.compare import job_rows, save, table
-
-    client = MlflowClient()
-    runs = child_runs(parent)
-    if jobs_done and any(r.info.status == "RUNNING" for r in runs):
-        for r in runs:
-            if r.info.status == "RUNNING":
-                client.set_tag(r.info.run_id, "fer_exp.error", LOST)
-                client.set_terminated(r.info.run_id, "FAILED")
-        runs = child_runs(parent)
-    failed = [r for r in runs if r.info.status != "FINISHED"]
-    reused = [k.split(".", 2)[2] for k in client.get_run(parent).data.tags if k.startswith(TAG_REUSED + ".")]
-    client.set_tag(parent, TAG_SWEEP, parent)
-    lines = [f"\nSweep {parent}: {len(runs)} job(s), {len(failed)} not finished"]
-    if reused:
-        lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
-    rows = job_rows(client, runs, "best_val_accuracy")  # best first, only the overrides that differ
-    if rows:
-        lines.append(table(rows, "best_val_accuracy"))
-    lines += [f"{r.info.status}: {r.info.run_name}: {r.data.tags.get('fer_exp.error') or r.data.tags.get(TAG_STOP, '')}" for r in failed]
-    scored = [r for r in runs + [client.get_run(i) for i in reused] if r.info.status == "FINISHED" and "best_val_accuracy" in r.data.metrics]
-    if scored:
-        best = max(scored, key=lambda r: r.data.metrics["best_val_accuracy"])
-        client.set_tag(best.info.run_id, TAG_BEST, "true")
-        client.set_tag(parent, "fer_exp.best_run", best.info.run_id)
-        lines.append(f"best: {best.info.run_name} (run {best.info.run_id}), val_accuracy {best.data.metrics['best_val_accuracy']:.4f}")
-        try:
-            if note := register_champion(best):
-                lines.append(note)
-        except MlflowException as e:  # e.g. a store without a model registry: the sweep still ends
-            log.warning("could not register the best model: %s", e)
-    if out_dir and rows:
-        try:
-            lines.append(f"comparison: {save(client, client.get_run(parent), rows, 'best_val_accuracy', Path(out_dir))}")
-        except Exception as e:  # a plot must not fail a finished sweep
-            log.warning("could not draw the sweep comparison: %s", e)
-    client.set_terminated(parent, status or ("FAILED" if failed else "FINISHED"))
-    print("\n".join(lines), flush=True)
-    return not failed
-
-
-def end_abandoned_sweep() -> None:
-    """At exit: a sweep still open here was abandoned by an error in the launcher (e.g. a
-    Ray worker died); end it FAILED, with its lost jobs, rather than leave it RUNNING."""
-    if os.environ.get(PARENT_ENV):
-        finish_sweep("FAILED")
-
-
-class SweepRun(Callback):
-    """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
-
-    def on_multirun_start(self, config, **kwargs: Any) -> None:
-        t = config.tracking
-        exp_id = configure(t.uri, t.dir, t.experiment)
-        overrides = list(config.hydra.overrides.task)
-        run = MlflowClient().create_run(
-            exp_id,
-            run_name=f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={
-                TAG_ROLE: "sweep", TAG_SWEEP_DIR: str(config.hydra.sweep.dir), "fer_exp.overrides": " ".join(overrides),
-                "fer_exp.command": " ".join(sys.argv), **git_state(),
-            },
-        )
-        os.environ[PARENT_ENV] = run.info.run_id
-        atexit.register(end_abandoned_sweep)
-        log.info("MLflow sweep parent run %s in %s", run.info.run_id, mlflow.get_tracking_uri())
-
-    def on_multirun_end(self, config, **kwargs: Any) -> None:
-        if not finish_sweep(out_dir=config.hydra.sweep.dir):
-            sys.exit(1)
+def make_champion(name: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, CHAMPION, version)

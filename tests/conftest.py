@@ -1,4 +1,8 @@
-"""Shared fixtures: configs composed like the CLI does, and small generated data sets."""
+"""Shared fixtures and helpers: configs composed like the CLI does, small generated data sets,
+the runner as a subprocess, temporary MLflow stores, servers on free loopback ports.
+
+Tests that start processes (the runner, servers, a browser, a Ray cluster) are marked
+`slow`; `make test-fast` (pytest -m "not slow") runs the rest."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import fer_exp  # noqa: F401  (quiets TensorFlow before any test imports it)
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -37,11 +41,11 @@ def compose():
 
 def write_folders(root: Path, per_class: int = 3, splits=("train", "validation"), classes=CLASSES, ext: str = ".png", seed: int = 0):
     """Class folders of synthetic faces: root/<split>/<class>/<i><ext>. Returns {split: Split}."""
-    from fer_exp.synthetic import make_split
+    from fer_exp.data import synthetic_split
 
     out = {}
     for k, split in enumerate(splits):
-        s = make_split(per_class, list(classes), 48, seed=seed + k)
+        s = synthetic_split(per_class, list(classes), 48, seed=seed + k)
         for i, (img, label) in enumerate(zip(s.images, s.labels)):
             folder = root / split / classes[label]
             folder.mkdir(parents=True, exist_ok=True)
@@ -72,7 +76,53 @@ def no_tracking_uri_leak():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 
-TINY = ["data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=1", "batch_size=8"]
+def dirty_folders(root: Path) -> Path:
+    """Class folders (2 JPEGs a class) whose train/happy also holds every kind of odd input: a
+    truncated JPEG, an empty file, a text file (all three skipped), a colour PNG, a PNG with
+    alpha (both turned gray) and an oversized BMP (resized)."""
+    write_folders(root, per_class=2, ext=".jpg")
+    happy = root / "train" / "happy"
+    good = next(happy.iterdir()).read_bytes()
+    (happy / "corrupt.jpg").write_bytes(good[: len(good) // 2])
+    (happy / "empty.jpg").write_bytes(b"")
+    (happy / "notes.jpg").write_text("not an image at all")
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(happy / "colour.png"), rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    cv2.imwrite(str(happy / "alpha.png"), rng.integers(0, 255, (48, 48, 4), dtype=np.uint8))
+    cv2.imwrite(str(happy / "big.bmp"), rng.integers(0, 255, (100, 100), dtype=np.uint8))
+    return root
+
+
+def by_class(split):
+    """The images of a generated split in the loader's order: class by class, file order."""
+    order = np.concatenate([np.flatnonzero(split.labels == c) for c in range(len(CLASSES))])
+    return split.images[order], split.labels[order]
+
+
+def write_csv(path, splits, rows_before=(), rows_after=()):
+    """fer2013.csv (emotion,pixels,Usage; the CSV's own emotion ids) from {Usage: Split}."""
+    csv_ids = {name: i for i, name in enumerate(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])}
+    lines = ["emotion,pixels,Usage", *rows_before]
+    for usage, split in splits.items():
+        images, labels = by_class(split)
+        for img, lab in zip(images, labels):
+            lines.append(f"{csv_ids[CLASSES[lab]]},{' '.join(map(str, img.ravel()))},{usage}")
+    path.write_text("\n".join([*lines, *rows_after]) + "\n")
+
+
+def store(tmp_path):
+    """(client, every run) of the MLflow store a test's runner wrote under tmp_path/mlruns."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("fer_exp")
+    return client, client.search_runs([exp.experiment_id], max_results=100)
+
+
+def jobs(runs):
+    return [r for r in runs if r.data.tags.get("fer_exp.role") == "job"]
 
 
 def cli(tmp_path, *args) -> list[str]:
@@ -96,7 +146,7 @@ def run_cli(tmp_path, *args, timeout=900):
 def tiny_sweep(tmp_path_factory):
     """(folder, finished process) of one real 4-job sweep (deep, shallow x 2 lr) on tiny synthetic data."""
     tmp = tmp_path_factory.mktemp("tiny_sweep")
-    return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+    return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", "debug=tiny")
 
 
 def free_port() -> int:

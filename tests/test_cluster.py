@@ -14,9 +14,10 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, cli, free_port, make_command, run_cli, user_env, wait_http
+from conftest import ROOT, cli, free_port, make_command, run_cli, user_env, wait_http
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the cluster extra is not installed")
+pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Notice a dead node in ~2 s instead of Ray's default ~30 s
@@ -81,7 +82,7 @@ def sweep_runs(client, sweep_dir: Path):
 
 def test_a_sweep_runs_on_both_nodes_and_logs_through_the_server(cluster):
     url, address, _, tmp = cluster
-    p = run_cli(tmp / "first", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=deep,shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", *TINY)
+    p = run_cli(tmp / "first", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=deep,shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", "debug=tiny")
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "4 job(s), 0 not finished" in p.stdout
     client = MlflowClient(url)
@@ -98,7 +99,7 @@ def test_a_sweep_runs_on_both_nodes_and_logs_through_the_server(cluster):
 
 def test_a_killed_worker_node_fails_its_job_only_and_resume_continues_just_that(cluster):
     url, address, worker, tmp = cluster
-    args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", *TINY[:-2], "epochs=20", "early_stopping.patience=0", "batch_size=8"]
+    args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", "debug=tiny", "epochs=20", "early_stopping.patience=0", "batch_size=8"]
     client = MlflowClient(url)
     exp = client.get_experiment_by_name("fer_exp")
     sweep = subprocess.Popen(cli(tmp / "second", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())

@@ -8,19 +8,13 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from conftest import CLASSES, ROOT, user_env, write_folders
+from conftest import CLASSES, ROOT, by_class, dirty_folders, user_env, write_csv, write_folders
 from fer_exp import data
 from fer_exp.data import DataError, load_data, load_folder_split
 
 
 def data_cfg(compose, *overrides):
     return OmegaConf.to_container(compose(list(overrides)).data, resolve=True)
-
-
-def by_class(split):
-    """The images of a generated split in the loader's order: class by class, file order."""
-    order = np.concatenate([np.flatnonzero(split.labels == c) for c in range(len(CLASSES))])
-    return split.images[order], split.labels[order]
 
 
 def test_folders_give_configured_label_ids(tmp_path, compose):
@@ -32,16 +26,6 @@ def test_folders_give_configured_label_ids(tmp_path, compose):
         np.testing.assert_array_equal(splits[name].labels, labels)
         np.testing.assert_array_equal(splits[name].images, images)  # PNG is lossless
     assert source == str((tmp_path / "fer").resolve())
-
-
-def write_csv(path, splits, rows_before=(), rows_after=()):
-    csv_ids = {name: i for i, name in enumerate(["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"])}
-    lines = ["emotion,pixels,Usage", *rows_before]
-    for usage, split in splits.items():
-        images, labels = by_class(split)
-        for img, lab in zip(images, labels):
-            lines.append(f"{csv_ids[CLASSES[lab]]},{' '.join(map(str, img.ravel()))},{usage}")
-    path.write_text("\n".join([*lines, *rows_after]) + "\n")
 
 
 def test_csv_and_folders_give_identical_arrays_and_labels(tmp_path, compose):
@@ -83,17 +67,7 @@ def test_csv_missing_file_names_the_path_and_the_fix(tmp_path, compose):
 
 
 def test_dirty_folder_is_skipped_converted_and_reported(tmp_path, compose, caplog):
-    root = tmp_path / "fer"
-    write_folders(root, per_class=2, ext=".jpg")
-    happy = root / "train" / "happy"
-    good = (happy / "0000.jpg").read_bytes() if (happy / "0000.jpg").exists() else next(happy.iterdir()).read_bytes()
-    (happy / "corrupt.jpg").write_bytes(good[: len(good) // 2])
-    (happy / "empty.jpg").write_bytes(b"")
-    (happy / "notes.jpg").write_text("not an image at all")
-    rng = np.random.default_rng(0)
-    cv2.imwrite(str(happy / "colour.png"), rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    cv2.imwrite(str(happy / "alpha.png"), rng.integers(0, 255, (48, 48, 4), dtype=np.uint8))
-    cv2.imwrite(str(happy / "big.bmp"), rng.integers(0, 255, (100, 100), dtype=np.uint8))
+    root = dirty_folders(tmp_path / "fer")
     cfg = data_cfg(compose, f"data.root={root}", "data.cache_dir=null")
     with caplog.at_level(logging.WARNING):
         splits, _ = load_data(cfg)
@@ -182,8 +156,7 @@ def test_cache_is_used_and_invalidated_by_changed_added_removed_files(folders, t
 
 
 def test_synthetic_is_deterministic_balanced_and_sized():
-    from fer_exp.synthetic import make_split
-
+    make_split = data.synthetic_split
     a, b, c = make_split(5, CLASSES, 48, seed=1), make_split(5, CLASSES, 48, seed=1), make_split(5, CLASSES, 48, seed=2)
     assert a.images.shape == (35, 48, 48) and a.images.dtype == np.uint8
     assert np.array_equal(a.images, b.images) and np.array_equal(a.labels, b.labels)
@@ -193,10 +166,8 @@ def test_synthetic_is_deterministic_balanced_and_sized():
 
 
 def test_synthetic_rejects_classes_it_cannot_draw():
-    from fer_exp.synthetic import make_split
-
     with pytest.raises(DataError, match="contempt"):
-        make_split(2, ["happy", "contempt"])
+        data.synthetic_split(2, ["happy", "contempt"])
 
 
 def test_balanced_class_weights_and_per_class_limit():

@@ -5,7 +5,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from fer_exp.tta import make_views, predict_proba
+from fer_exp.evaluate import evaluate, make_views
 
 
 def test_tta_views_are_flips_and_shifted_crops():
@@ -28,8 +28,12 @@ def test_tta_averages_probabilities_over_views():
     model = keras.Model(inputs, keras.ops.cast(probs, "float32"))
     img = np.zeros((1, 48, 48), np.uint8)
     img[:, :, :24] = 200
-    np.testing.assert_allclose(predict_proba(model, img, 1), [[0, 1]])
-    np.testing.assert_allclose(predict_proba(model, img, 2), [[0.5, 0.5]])  # the flip disagrees
+    np.testing.assert_allclose(evaluate(model, img, None, ["a", "b"], 1).probs, [[0, 1]])
+    ev = evaluate(model, img, np.array([1]), ["a", "b"], 2)
+    np.testing.assert_allclose(ev.probs, [[0.5, 0.5]])  # the flip disagrees
+    np.testing.assert_allclose(ev.single, [[0, 1]])
+    assert ev.accuracy == 1.0 and ev.tta_accuracy == 0.0  # a tie goes to the first class
+    assert ev.confusion.tolist() == [[0, 0], [0, 1]] and ev.report["b"]["recall"] == 1.0
 
 
 def test_vgg_size_and_bf16_policy():
@@ -69,3 +73,11 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     assert 0 <= run.data.metrics["val_accuracy_tta"] <= 1
     lrs = [m.value for m in mlflow.MlflowClient().get_metric_history(result["run_id"], "lr")]
     assert len(lrs) == 2 and lrs[1] < lrs[0]  # cosine decay, logged per epoch
+    assert run.data.tags["fer_exp.kept_weights"] == "last epoch 2 (EMA)"
+    # best_val_accuracy scores the weights kept in model.h5 (the final EMA weights), not a per-epoch value
+    from fer_exp.data import synthetic_split
+    from fer_exp.evaluate import evaluate
+
+    kept = keras.models.load_model(tmp_path / "out" / "model.h5", compile=False)
+    val = synthetic_split(2, list(cfg.data.classes), 48, seed=cfg.seed + 1)
+    assert evaluate(kept, val.images, val.labels, list(cfg.data.classes)).accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])

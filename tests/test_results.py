@@ -13,23 +13,25 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import ROOT, free_port, make_command, wait_http
-from fer_exp import compare, tracking
+from fer_exp import compare, sweep, tracking
+from fer_exp.evaluate import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.fixture
 def sweep_store(tiny_sweep):
-    """(tmp folder, client on the tiny sweep's store, parent run id, its child runs)."""
+    """(tmp folder, client on the tiny sweep's store, parent run id, its child runs as records)."""
     tmp, p = tiny_sweep
     assert p.returncode == 0, p.stderr[-3000:]
     mlflow.set_tracking_uri(tracking.store_uris(tmp / "mlruns")[0])
     client = MlflowClient()
     exp = client.get_experiment_by_name("fer_exp")
     parent = client.search_runs([exp.experiment_id], "tags.`fer_exp.role` = 'sweep'")[0].info.run_id
-    return tmp, client, parent, tracking.child_runs(parent)
+    return tmp, client, parent, tracking.sweep_jobs(parent)
 
 
+@pytest.mark.slow
 def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
     tmp, client, parent, children = sweep_store
     assert "compare.png" in {a.path for a in client.list_artifacts(parent)}  # drawn when the sweep ended
@@ -45,7 +47,7 @@ def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
     assert sorted(jobs) == sorted(["model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"])
     scores = [float(r.split()[3]) for r in rows]
     assert scores == sorted(scores, reverse=True)
-    expected = sorted((r.data.metrics["best_val_accuracy"] for r in children), reverse=True)
+    expected = sorted((r["metrics"]["best_val_accuracy"] for r in children), reverse=True)
     assert scores == pytest.approx(expected, abs=1e-4)
     assert all(r.split()[2] == "FINISHED" for r in rows)
     assert (tmp_path / parent / "compare.png").stat().st_size > 10_000
@@ -61,13 +63,14 @@ def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
     running = client.create_run(exp, run_name="b", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.001 seed=1"})
     for step, acc in enumerate([0.2, 0.5, 0.4]):
         client.log_metric(running.info.run_id, "val_accuracy", acc, step=step)
-    rows = compare.job_rows(client, tracking.child_runs(parent), "best_val_accuracy")
+    rows = compare.job_rows(tracking.sweep_jobs(parent, "val_accuracy"), "best_val_accuracy")
     assert [(r["label"], r["status"], r["value"], r["best_epoch"]) for r in rows] == [
         ("lr=0.001", "RUNNING", 0.5, "2/3"),
         ("lr=0.01", "FINISHED", 0.30, "-"),
     ]
-    text, png = compare.compare(client, client.get_run(parent), "best_val_accuracy", tmp_path / "out")
+    text, png = compare.compare(tracking.get_record(parent), "best_val_accuracy", tmp_path / "out")
     assert "RUNNING" in text and png.exists()
+    assert {"compare.png", "compare.txt"} <= {a.path for a in client.list_artifacts(parent)}
 
 
 def test_compare_errors_are_clear(tmp_path):
@@ -76,23 +79,25 @@ def test_compare_errors_are_clear(tmp_path):
     run = MlflowClient().create_run(exp).info.run_id
     assert compare.main([f"tracking_dir={tmp_path / 'mlruns'}"]) == 2  # no sweep yet
     with pytest.raises(compare.CompareError, match="not a sweep"):
-        compare.find_sweep(MlflowClient(), "fer_exp", run)
+        compare.find_sweep("fer_exp", run)
 
 
+@pytest.mark.slow
 def test_best_model_is_registered_and_champion_moves_only_when_beaten(sweep_store):
     tmp, client, parent, children = sweep_store
-    best = max(children, key=lambda r: r.data.metrics["best_val_accuracy"])
+    best = max(children, key=lambda r: r["metrics"]["best_val_accuracy"])
     champion = client.get_model_version_by_alias("fer-synthetic", "champion")
-    assert champion.run_id == best.info.run_id
-    worse = next(r for r in children if r.info.run_id != best.info.run_id)  # no better than the best (ties stay)
-    assert "stays" in tracking.register_champion(worse)
-    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == best.info.run_id
-    client.log_metric(worse.info.run_id, "best_val_accuracy", 1.0)  # now it beats the champion
-    assert "is now models:/fer-synthetic@champion" in tracking.register_champion(client.get_run(worse.info.run_id))
-    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == worse.info.run_id
+    assert champion.run_id == best["run_id"]
+    worse = next(r for r in children if r["run_id"] != best["run_id"])  # no better than the best (ties stay)
+    assert "stays" in sweep.register_champion(worse)
+    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == best["run_id"]
+    client.log_metric(worse["run_id"], "best_val_accuracy", 1.0)  # now it beats the champion
+    assert "is now models:/fer-synthetic@champion" in sweep.register_champion(tracking.get_record(worse["run_id"]))
+    assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == worse["run_id"]
     assert len(client.search_model_versions("name = 'fer-synthetic'")) == 2  # no duplicate version for a run
 
 
+@pytest.mark.slow
 def test_champion_is_served_over_http(sweep_store):
     tmp, client, parent, children = sweep_store
     port = free_port()
@@ -110,11 +115,14 @@ def test_champion_is_served_over_http(sweep_store):
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
-    local = np.asarray(tracking.load_keras_model("models:/fer-synthetic@champion", tracking.store_uris(tmp / "mlruns")[0])(faces))
+    model, classes = load_model("models:/fer-synthetic@champion", tracking.store_uris(tmp / "mlruns")[0])
+    assert classes == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # from the model's metadata
+    local = np.asarray(model(faces))
     assert served.shape == (2, 7) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
     np.testing.assert_allclose(served, local, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs Debian's chromium)")
 def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
     playwright = pytest.importorskip("playwright.sync_api")
@@ -140,7 +148,7 @@ def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
             sweep_cell.wait_for(timeout=60_000)
             sweep_cell.locator("button").first.click()  # the expander: the sweep's jobs are nested under it
             for r in children:
-                page.get_by_text(r.info.run_name, exact=True).first.wait_for(timeout=30_000)
+                page.get_by_text(r["name"], exact=True).first.wait_for(timeout=30_000)
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
     finally:

@@ -5,21 +5,17 @@ import signal
 import subprocess
 import sys
 
-import cv2
 import mlflow
 import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, TINY, run_cli, user_env, write_folders
+from conftest import ROOT, dirty_folders, run_cli, store, user_env, write_csv, write_folders
 
-def store(tmp_path):
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    client = MlflowClient()
-    exp = client.get_experiment_by_name("fer_exp")
-    return client, client.search_runs([exp.experiment_id], max_results=100)
+slow = pytest.mark.slow
 
 
+@slow
 def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
     tmp_path, p = tiny_sweep
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
@@ -31,7 +27,7 @@ def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
     assert len(children) == 4 == len(runs) - 1
     assert all(r.info.status == "FINISHED" for r in children)
     names = {r.info.run_name for r in children}
-    assert {n.split(",data=")[0] for n in names} == {"model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"}
+    assert {n.split(",debug=")[0] for n in names} == {"model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"}
     assert not any("tracking.dir" in n for n in names)
     for r in children:
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
@@ -53,8 +49,9 @@ def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
     assert "4 job(s), 0 not finished" in p.stdout
 
 
+@slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
-    p = run_cli(tmp_path, "-m", "model=shallow", "batch_size=8,0", *TINY[:-1])
+    p = run_cli(tmp_path, "-m", "model=shallow", "batch_size=8,0", "debug=tiny")
     assert p.returncode == 1
     assert "2 job(s), 1 not finished" in p.stdout
     client, runs = store(tmp_path)
@@ -69,31 +66,21 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, compose):
     from fer_exp.train import train
 
-    root = tmp_path / "fer"
-    write_folders(root, per_class=2, ext=".jpg")
-    happy = root / "train" / "happy"
-    good = next(happy.iterdir()).read_bytes()
-    (happy / "corrupt.jpg").write_bytes(good[: len(good) // 2])
-    (happy / "empty.jpg").write_bytes(b"")
-    (happy / "notes.jpg").write_text("hello")
-    rng = np.random.default_rng(0)
-    cv2.imwrite(str(happy / "colour.png"), rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
-    cv2.imwrite(str(happy / "big.png"), rng.integers(0, 255, (100, 100), dtype=np.uint8))
+    root = dirty_folders(tmp_path / "fer")
     cfg = compose([f"data.root={root}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
     result = train(cfg, run_name="dirty", output_dir=tmp_path / "out")
     client, runs = store(tmp_path)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["data_train_skipped"] == 3
-    assert run.data.metrics["data_train_images"] == 16
-    assert run.data.metrics["data_train_to_gray"] == 1 and run.data.metrics["data_train_resized"] == 1
+    assert run.data.tags["fer_exp.kept_weights"] == "best epoch 1"
+    assert run.data.metrics["data_train_images"] == 17
+    assert run.data.metrics["data_train_to_gray"] == 2 and run.data.metrics["data_train_resized"] == 1
     text = mlflow.artifacts.load_text(f"runs:/{result['run_id']}/data/skipped_train.tsv")
     assert "corrupt.jpg\ttruncated or corrupt JPEG" in text
     assert "empty.jpg\tempty file" in text and "notes.jpg\tnot an image OpenCV can read" in text
 
 
 def test_the_same_run_trains_from_a_csv(tmp_path, compose):
-    from test_data import write_csv
-
     from fer_exp.train import train
 
     written = write_folders(tmp_path / "fer", per_class=2)
@@ -123,8 +110,9 @@ def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, ca
         data.load_data(cfg)
 
 
+@slow
 def test_sigterm_ends_the_run_killed(tmp_path):
-    cmd = [sys.executable, "-u", "-m", "fer_exp.run", "model=shallow", *TINY[:-2], "epochs=20", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [sys.executable, "-u", "-m", "fer_exp.run", "model=shallow", "debug=tiny", "epochs=20", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'run'}"]
     p = subprocess.Popen(cmd, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
         if line.startswith("Epoch 2/"):
@@ -136,8 +124,9 @@ def test_sigterm_ends_the_run_killed(tmp_path):
     assert run.data.tags["fer_exp.checkpoint_epoch"] == "1"
 
 
+@slow
 @pytest.mark.parametrize("bad", ["model=nonexistent", "model.name=vgg99"])
 def test_bad_override_fails_clearly(tmp_path, bad):
-    p = run_cli(tmp_path, bad, *TINY, timeout=300)
+    p = run_cli(tmp_path, bad, "debug=tiny", timeout=300)
     assert p.returncode != 0
     assert ("nonexistent" in p.stderr) if bad.startswith("model=") else ("model.name='vgg99' is unknown" in p.stderr)

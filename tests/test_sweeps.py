@@ -8,16 +8,14 @@ import sys
 import mlflow
 import pytest
 
-from conftest import ROOT, user_env
-from test_runner import TINY, run_cli, store
+from conftest import ROOT, jobs, run_cli, store, user_env
+
+slow = pytest.mark.slow
 
 
-def jobs(runs):
-    return [r for r in runs if r.data.tags.get("fer_exp.role") == "job"]
-
-
+@slow
 def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
-    p = run_cli(tmp_path, "optimizer=sgd", "lr=1e30", "model=shallow", *TINY[:-2], "epochs=3", "batch_size=8")
+    p = run_cli(tmp_path, "optimizer=sgd", "lr=1e30", "model=shallow", "debug=tiny", "epochs=3", "batch_size=8")
     assert p.returncode != 0
     _, runs = store(tmp_path)
     (run,) = jobs(runs)
@@ -29,7 +27,7 @@ def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
 def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
     from fer_exp.train import train
 
-    cfg = compose(["model=shallow", *TINY[:-2], "epochs=5", "batch_size=8", "max_minutes=0.0001", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(["model=shallow", "debug=tiny", "epochs=5", "batch_size=8", "max_minutes=0.0001", f"tracking.dir={tmp_path / 'mlruns'}"])
     result = train(cfg, output_dir=tmp_path / "out")
     run = mlflow.MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and result["epochs"] == 1
@@ -52,6 +50,7 @@ def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
     assert [m.value for m in client.get_metric_history(other, "loss")] != histories[0]["loss"]
 
 
+@slow
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     args = ["-m", "model=shallow", "lr=1e-4,1e-3", "data=synthetic", "data.train_per_class=20", "data.val_per_class=5", "epochs=4", "batch_size=16"]
     cmd = [sys.executable, "-u", "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
@@ -83,8 +82,9 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     assert cont.data.metrics["epochs_run"] == 4
 
 
+@slow
 def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
-    p = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deep,shallow", "lr=1e-4,1e-3", *TINY)
+    p = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deep,shallow", "lr=1e-4,1e-3", "debug=tiny")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "database is locked" not in p.stdout + p.stderr
     _, runs = store(tmp_path)
@@ -95,10 +95,11 @@ def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
     assert len({(r.data.params["model.name"], r.data.params["lr"]) for r in children}) == 4
 
 
+@slow
 def test_submitit_sweep_lands_every_run_under_one_parent(tmp_path):
     """hydra/launcher=submitit_local: the job code of the SLURM launcher (slurm.yaml), as local processes."""
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra is not installed")
-    p = run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "model=shallow", "lr=1e-4,1e-3", *TINY)
+    p = run_cli(tmp_path, "-m", "hydra/launcher=submitit_local", "model=shallow", "lr=1e-4,1e-3", "debug=tiny")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = store(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
@@ -108,8 +109,9 @@ def test_submitit_sweep_lands_every_run_under_one_parent(tmp_path):
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # submitit ran them
 
 
+@slow
 def test_optuna_search_runs_trials_as_children_and_names_the_best(tmp_path):
-    p = run_cli(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY[:-1])
+    p = run_cli(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=tiny")
     assert p.returncode == 0, p.stderr[-3000:]
     _, runs = store(tmp_path)
     (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
@@ -125,7 +127,7 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     """A worker killed mid-job never ends its run: the sweep's end does, FAILED with the reason."""
     from mlflow.tracking import MlflowClient
 
-    from fer_exp import tracking
+    from fer_exp import sweep, tracking
 
     exp = tracking.configure(None, tmp_path / "mlruns")
     client = MlflowClient()
@@ -135,8 +137,8 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     client.set_terminated(done)
     lost = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
-    tracking.end_abandoned_sweep()  # as at exit after the launcher raised
+    sweep.end_abandoned_sweep()  # as at exit after the launcher raised
     assert client.get_run(lost).info.status == "FAILED" and client.get_run(lost).data.tags["fer_exp.error"].startswith("lost")
     assert client.get_run(done).info.status == "FINISHED" and client.get_run(parent).info.status == "FAILED"
     assert "2 job(s), 1 not finished" in capsys.readouterr().out
-    tracking.end_abandoned_sweep()  # nothing left to end: a no-op
+    sweep.end_abandoned_sweep()  # nothing left to end: a no-op

@@ -1,0 +1,135 @@
+"""A multirun's lifecycle: one MLflow parent run per sweep, opened before any job starts
+(which also creates the store's schema once, before parallel jobs could race on it),
+ended with a summary, the best job tagged and registered, and the comparison plot.
+
+Hydra calls SweepRun (conf/config.yaml, hydra.callbacks); the jobs nest under the parent
+through the environment variable tracking.PARENT_ENV.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from fer_exp import compare, tracking
+
+log = logging.getLogger(__name__)
+METRIC = "best_val_accuracy"  # what a sweep's jobs are ranked, tagged and registered by
+
+
+class SweepRun(Callback):
+    """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        t = config.tracking
+        exp_id = tracking.configure(t.uri, t.dir, t.experiment)
+        tags = {
+            tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
+            tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
+            tracking.TAG_COMMAND: " ".join(sys.argv),
+        }
+        parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
+        os.environ[tracking.PARENT_ENV] = parent
+        atexit.register(end_abandoned_sweep)
+        log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(t.uri, t.dir))
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        if not finish_sweep(out_dir=config.hydra.sweep.dir):
+            sys.exit(1)
+
+
+def register_champion(job: dict, metric: str = METRIC) -> str | None:
+    """Register a job's model (a run record) under its data's registry name (param data.register_as, e.g. `fer`).
+
+    The alias `champion` moves to it when it beats the current champion on `metric`.
+    Returns what was done, or None when the run's data has no registry name.
+    """
+    name = job["params"].get("data.register_as")
+    if not name or name == "None":
+        return None
+    version = tracking.register_model(job["run_id"], name)
+    score, current = job["metrics"][metric], tracking.champion(name)
+    if current:
+        best = tracking.get_record(current[1])["metrics"].get(metric)
+        if best is not None and score <= best:
+            return f"model {name} version {version} registered; {name}@{tracking.CHAMPION} stays version {current[0]} ({metric} {best:.4f} >= {score:.4f})"
+    tracking.make_champion(name, version)
+    return f"model {name} version {version} is now models:/{name}@{tracking.CHAMPION} ({metric} {score:.4f})"
+
+
+def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:
+    """No job can still be running: a job run left RUNNING was lost (its process died, e.g. a
+    killed worker); end it FAILED with the reason. Returns the jobs as they now are."""
+    lost = [j for j in jobs if j["status"] == "RUNNING"]
+    for j in lost:
+        tracking.end_run(j["run_id"], "FAILED", {tracking.TAG_ERROR: tracking.LOST})
+    return tracking.sweep_jobs(parent, compare.PER_EPOCH[METRIC]) if lost else jobs
+
+
+def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
+    """Tag the best FINISHED job (reused ones count), register it; returns the summary's lines."""
+    scored = [j for j in jobs + [tracking.get_record(i) for i in reused] if j["status"] == "FINISHED" and METRIC in j["metrics"]]
+    if not scored:
+        return []
+    best = max(scored, key=lambda j: j["metrics"][METRIC])
+    tracking.tag_run(best["run_id"], {tracking.TAG_BEST: "true"})
+    tracking.tag_run(parent, {tracking.TAG_BEST_RUN: best["run_id"]})
+    lines = [f"best: {best['name']} (run {best['run_id']}), val_accuracy {best['metrics'][METRIC]:.4f}"]
+    try:
+        if note := register_champion(best):
+            lines.append(note)
+    except Exception as e:  # e.g. a store without a model registry: the sweep still ends
+        log.warning("could not register the best model: %s", e)
+    return lines
+
+
+def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, jobs_done: bool = True) -> bool:
+    """End the current sweep's parent run, tag its best job, print the summary.
+
+    The best FINISHED job's model is registered (see register_champion) and, with
+    out_dir, the comparison plot is written there and logged to the parent run.
+    jobs_done: no job can still be running, so one left RUNNING was lost (_end_lost_jobs).
+    status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
+    """
+    parent = os.environ.pop(tracking.PARENT_ENV, None)
+    if not parent:
+        return True
+    jobs = tracking.sweep_jobs(parent, compare.PER_EPOCH[METRIC])
+    if jobs_done:
+        jobs = _end_lost_jobs(parent, jobs)
+    failed = [j for j in jobs if j["status"] != "FINISHED"]
+    prefix = tracking.TAG_REUSED + "."
+    reused = [k[len(prefix):] for k in tracking.get_record(parent)["tags"] if k.startswith(prefix)]
+    tracking.tag_run(parent, {tracking.TAG_SWEEP: parent})
+    lines = [f"\nSweep {parent}: {len(jobs)} job(s), {len(failed)} not finished"]
+    if reused:
+        lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
+    rows = compare.job_rows(jobs, METRIC)  # best first, only the overrides that differ
+    if rows:
+        lines.append(compare.table(rows, METRIC))
+    lines += [f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}" for j in failed]
+    lines += _best(parent, jobs, reused)
+    if out_dir and rows:
+        try:
+            files = compare.save(rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)")
+            tracking.log_files_to(parent, files)
+            lines.append(f"comparison: {files[0]}")
+        except Exception as e:  # a plot must not fail a finished sweep
+            log.warning("could not draw the sweep comparison: %s", e)
+    tracking.end_run(parent, status or ("FAILED" if failed else "FINISHED"))
+    print("\n".join(lines), flush=True)
+    return not failed
+
+
+def end_abandoned_sweep() -> None:
+    """At exit: a sweep still open here was abandoned by an error in the launcher (e.g. a
+    Ray worker died); end it FAILED, with its lost jobs, rather than leave it RUNNING."""
+    if os.environ.get(tracking.PARENT_ENV):
+        finish_sweep("FAILED")
