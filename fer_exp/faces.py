@@ -14,9 +14,9 @@ import cv2
 import numpy as np
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-# FER2013 crops are tight: on 105 validation faces pasted into a 640x480 canvas (15 a class),
-# the pasted square's side was 0.925 x the MTCNN box's larger side (median; p10 0.70, p90 1.21),
-# centred on the box (median offset under 1% of the box). See the README, "Predict on photos".
+# FER2013 crops are tight: on validation faces pasted into 640x480 photos, the pasted square's
+# side was 0.925 x the MTCNN box's larger side (median of 105 faces; p10 0.70, p90 1.21), centred
+# on the box (median offset under 1% of it). `bench.py --sections faces` measures it again.
 FER_SIDE = 0.925
 MAX_TILT = 30.0  # degrees; a larger eye-line angle is more likely a wrong eye than a tilted head
 
