@@ -18,6 +18,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from fer_exp import tracking
+from fer_exp.config import is_choice
 
 DEFAULTS = {"sweep": None, "experiment": "fer_exp", "metric": "best_val_accuracy", "tracking_dir": "mlruns", "tracking_uri": None, "out_dir": "outputs/compare"}
 # A summary metric and the per-epoch metric it summarises (what running jobs have so far).
@@ -33,6 +34,11 @@ def parse_overrides(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
 
 
+def pruned(job: dict) -> bool:
+    """A FINISHED job that a pruner stopped early (tag fer_exp.stop_reason=pruned)."""
+    return job["status"] == "FINISHED" and job["tags"].get(tracking.TAG_STOP) == "pruned"
+
+
 def job_rows(jobs: list[dict], metric: str) -> list[dict]:
     """One dict per job record (with the per-epoch `history` of PER_EPOCH[metric]): overrides, status,
     the metric (or its best epoch so far), best epoch, params, minutes; best first, with `settings`
@@ -44,13 +50,14 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
         history = j.get("history") or []
         end = j["end"] or time.time() * 1000
         rows.append({
-            "run_id": j["run_id"], "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]), "status": j["status"],
+            "run_id": j["run_id"], "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]), "status": "PRUNED" if pruned(j) else j["status"],
             "value": j["metrics"].get(metric, pick(history) if history else None), "tta": j["metrics"].get("val_accuracy_tta"),
             "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
             "params": j["metrics"].get("params"), "minutes": (end - j["start"]) / 60000,
         })
-    rows.sort(key=lambda row: (row["value"] is None, (row["value"] or 0) * (1 if lower_is_better else -1)))
-    keys = list(dict.fromkeys(k for row in rows for k in row["overrides"]))  # command-line order
+    # best first; pruned jobs (stopped early, not comparable) after the others
+    rows.sort(key=lambda row: (row["value"] is None, row["status"] == "PRUNED", (row["value"] or 0) * (1 if lower_is_better else -1)))
+    keys = list(dict.fromkeys(k for row in rows for k in row["overrides"] if is_choice(f"{k}=")))  # command-line order
     differing = [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
     for row in rows:
         row["settings"] = {k: row["overrides"].get(k, "-") for k in differing}

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 
 # Top-level keys that change where results go, how much is printed or how a job starts or
 # stops, not what is trained: left out of the config hash (resume matches on it) and the run name.
-NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes")
+# `trial` is the Optuna trial a search's sweeper gave the job.
+NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes", "trial")
 
 
 def is_choice(override: str) -> bool:

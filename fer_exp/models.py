@@ -18,20 +18,24 @@ from keras import layers
 log = logging.getLogger(__name__)
 
 
-def _conv_blocks(x, filters: list[int]):
+def _conv_blocks(x, filters: list[int], bn_momentum: float = 0.99):
     # The notebooks' block order: Conv -> BatchNorm -> MaxPool -> ReLU, valid padding.
     for f in filters:
         x = layers.Conv2D(f, 3, padding="valid")(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=bn_momentum)(x)
         x = layers.MaxPooling2D(2)(x)
         x = layers.Activation("relu")(x)
     return x
 
 
-def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int = 128, dropout: float = 0.5, name: str = "cnn") -> keras.Model:
-    """The improved notebook's CNN: conv blocks, Flatten, Dense, Dropout, softmax."""
+def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int = 128, dropout: float = 0.5, name: str = "cnn", bn_momentum: float = 0.99) -> keras.Model:
+    """The improved notebook's CNN: conv blocks, Flatten, Dense, Dropout, softmax.
+
+    bn_momentum: of BatchNormalization's moving statistics, which validation uses; Keras's 0.99
+    (the notebook's) needs a few hundred steps before they fit, so short runs validate at chance.
+    """
     inputs = keras.Input(input_shape)
-    x = _conv_blocks(inputs, filters)
+    x = _conv_blocks(inputs, filters, bn_momentum)
     x = layers.Flatten()(x)
     x = layers.Dense(dense, activation="relu")(x)
     x = layers.Dropout(dropout)(x)
@@ -39,14 +43,14 @@ def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int =
     return keras.Model(inputs, outputs, name=name)
 
 
-def deep(input_shape, num_classes: int, filters=(128, 256, 128), dense: int = 128, dropout: float = 0.5) -> keras.Model:
+def deep(input_shape, num_classes: int, filters=(128, 256, 128), dense: int = 128, dropout: float = 0.5, bn_momentum: float = 0.99) -> keras.Model:
     """3 conv blocks 128/256/128 + Dense 128: 856,711 parameters at 48x48x1, 7 classes."""
-    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="deep")
+    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="deep", bn_momentum=bn_momentum)
 
 
-def shallow(input_shape, num_classes: int, filters=(32, 64), dense: int = 128, dropout: float = 0.5) -> keras.Model:
+def shallow(input_shape, num_classes: int, filters=(32, 64), dense: int = 128, dropout: float = 0.5, bn_momentum: float = 0.99) -> keras.Model:
     """The notebook's "variation 2": 2 conv blocks 32/64 + Dense 128."""
-    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="shallow")
+    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="shallow", bn_momentum=bn_momentum)
 
 
 def efficientnet_b2(input_shape, num_classes: int, dropout: float = 0.5) -> keras.Model:

@@ -43,7 +43,7 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], title: str = "")
     return fig
 
 
-STATUS_COLOURS = {"FINISHED": "tab:blue", "RUNNING": "tab:orange", "FAILED": "tab:red", "KILLED": "tab:gray"}
+STATUS_COLOURS = {"FINISHED": "tab:blue", "PRUNED": "tab:purple", "RUNNING": "tab:orange", "FAILED": "tab:red", "KILLED": "tab:gray"}
 
 
 def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figure:

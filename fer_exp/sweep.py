@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
-from fer_exp import compare, tracking
+from fer_exp import compare, search, tracking
 
 log = logging.getLogger(__name__)
 METRIC = "best_val_accuracy"  # what a sweep's jobs are ranked, tagged and registered by
@@ -37,6 +38,8 @@ class SweepRun(Callback):
         }
         parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
         os.environ[tracking.PARENT_ENV] = parent
+        if config.pruner.name != "none" and "fer_exp_optuna" not in str(config.hydra.sweeper.get("_target_")):
+            search.open_grid_study(OmegaConf.to_container(t, resolve=True), parent)  # a search's sweeper opens its own
         atexit.register(end_abandoned_sweep)
         log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(t.uri, t.dir))
 
@@ -75,7 +78,7 @@ def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:
 
 def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     """Tag the best FINISHED job (reused ones count), register it; returns the summary's lines."""
-    scored = [j for j in jobs + [tracking.get_record(i) for i in reused] if j["status"] == "FINISHED" and METRIC in j["metrics"]]
+    scored = [j for j in jobs + [tracking.get_record(i) for i in reused] if j["status"] == "FINISHED" and METRIC in j["metrics"] and not compare.pruned(j)]
     if not scored:
         return []
     best = max(scored, key=lambda j: j["metrics"][METRIC])
@@ -88,6 +91,27 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     except Exception as e:  # e.g. a store without a model registry: the sweep still ends
         log.warning("could not register the best model: %s", e)
     return lines
+
+
+def _pruning(jobs: list[dict]) -> list[str]:
+    """The summary's line on pruned jobs and the epochs they did not train."""
+    pruned = [j for j in jobs if compare.pruned(j)]
+    if not pruned:
+        return []
+    saved = sum(int(j["params"]["epochs"]) - int(j["metrics"].get("epochs_run", 0)) for j in pruned)
+    at = ", ".join(str(int(j["metrics"].get("epochs_run", 0))) for j in pruned)
+    return [f"pruned {len(pruned)} of {len(jobs)} job(s), after epoch(s) {at}: {saved} epoch(s) not trained"]
+
+
+def _study_plots(parent: str, out_dir: Path) -> list[str]:
+    """The sweep's Optuna study plots, logged to the parent run (none without a study)."""
+    try:
+        files = search.study_plots(out_dir)
+    except Exception as e:  # a plot must not fail a finished sweep
+        log.warning("could not draw the study's plots: %s", e)
+        return []
+    tracking.log_files_to(parent, files)
+    return [f"study plots: {', '.join(f.name for f in files)}"] if files else []
 
 
 def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, jobs_done: bool = True) -> bool:
@@ -115,7 +139,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     if rows:
         lines.append(compare.table(rows, METRIC))
     lines += [f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}" for j in failed]
-    lines += _best(parent, jobs, reused)
+    lines += _pruning(jobs) + _best(parent, jobs, reused)
     if out_dir and rows:
         try:
             files = compare.save(rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)")
@@ -123,6 +147,9 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
             lines.append(f"comparison: {files[0]}")
         except Exception as e:  # a plot must not fail a finished sweep
             log.warning("could not draw the sweep comparison: %s", e)
+    if out_dir:
+        lines += _study_plots(parent, Path(out_dir) / parent)
+    os.environ.pop(search.STUDY_ENV, None)
     tracking.end_run(parent, status or ("FAILED" if failed else "FINISHED"))
     print("\n".join(lines), flush=True)
     return not failed

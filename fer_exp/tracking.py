@@ -43,6 +43,7 @@ TAG_RESUMED_FROM = "fer_exp.resumed_from"  # the interrupted run a job continued
 TAG_REUSED = "fer_exp.reused"  # prefix: on a parent, fer_exp.reused.<run id> for each FINISHED run a resumed sweep reused
 TAG_BEST = "fer_exp.best"  # "true" on a sweep's best job
 TAG_BEST_RUN = "fer_exp.best_run"  # on a parent: its best job's run id
+TAG_TRIAL = "fer_exp.trial"  # the job's trial number in its sweep's Optuna study
 TAG_KEPT = "fer_exp.kept_weights"  # which weights the model and its scores are: "best epoch N" or "last epoch N"
 TAG_GIT_DIRTY, TAG_HOST, TAG_RAY_NODE = "fer_exp.git_dirty", "fer_exp.host", "fer_exp.ray_node"
 CHAMPION = "champion"  # the registry alias of the best model so far

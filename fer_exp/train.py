@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from fer_exp import plots, tracking
+from fer_exp import plots, search, tracking
 from fer_exp.augment import build_augmenter
 from fer_exp.callbacks import EpochCheckpoint, EpochLogger, StopOnNonFinite, StopOnSignal, TimeBudget
 from fer_exp.config import config_hash, flatten
@@ -96,11 +96,11 @@ def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str
             tracking.log_text("\n".join(f"{src}\t{why}" for src, why in split.skipped), f"data/skipped_{split_name}.tsv")
 
 
-def make_callbacks(c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict) -> tuple[list, dict]:
-    """(the callbacks of fit, {"budget", "stopper", "checkpoint"}: those whose outcome is read after fit)."""
+def make_callbacks(c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, trial=None) -> tuple[list, dict]:
+    """(the callbacks of fit, {"budget", "stopper", "checkpoint", "trial"}: those whose outcome is read after fit)."""
     es = c["early_stopping"]
-    watch = {"budget": TimeBudget(c["max_minutes"]), "checkpoint": EpochCheckpoint(out / "checkpoint", best, history), "stopper": None}
-    callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), watch["budget"], watch["checkpoint"]]
+    watch = {"budget": TimeBudget(c["max_minutes"]), "checkpoint": EpochCheckpoint(out / "checkpoint", best, history), "stopper": None, "trial": trial}
+    callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), watch["budget"], watch["checkpoint"], *([trial] if trial else [])]
     if es["patience"] > 0:
         watch["stopper"] = keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1)
         callbacks.append(watch["stopper"])
@@ -108,6 +108,8 @@ def make_callbacks(c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, hi
 
 
 def stop_reason(watch: dict) -> str:
+    if watch["trial"] and watch["trial"].pruned_at:
+        return "pruned"
     if watch["budget"].triggered:
         return "max_minutes"
     return "early_stopping" if watch["stopper"] and watch["stopper"].stopped_epoch > 0 else "epochs"
@@ -129,6 +131,14 @@ def report(c: dict, model_file: Path, val: Split, classes: list[str], history: d
     return {"val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": kept.count_params()}
 
 
+def reuse(c: dict, finished: dict, run_name: str) -> dict:
+    """resume=true and this config already FINISHED: note it on the sweep (and the search's study), train nothing."""
+    log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished["run_id"])
+    tracking.note_reused(finished["run_id"])
+    search.tell_reused(c, finished["metrics"].get("best_val_accuracy"))
+    return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
+
+
 def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
     """Train one model as `cfg` describes, record it in MLflow, return its key results.
 
@@ -143,14 +153,12 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     exp_id, chash = tracking.configure(t["uri"], t["dir"], t["experiment"]), config_hash(c)
     finished, interrupted = tracking.find_previous(exp_id, chash) if c["resume"] else (None, None)
     if finished:
-        log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished["run_id"])
-        tracking.note_reused(finished["run_id"])
-        return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
+        return reuse(c, finished, run_name)
     keras.utils.set_random_seed(c["seed"])
     if c["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
-    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id:
+    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id, search.trial_for(c) as trial:
         splits, source = load_data(c["data"], seed=c["seed"])
         classes, train_split, val_split = list(c["data"]["classes"]), splits["train"], splits["validation"]
         log_data(splits, source, c["data"]["name"], classes)
@@ -167,7 +175,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         train_ds = make_dataset(train_split.images, train_split.labels, len(classes), c["batch_size"], augmenter, training=True, seed=c["seed"])
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
-        callbacks, watch = make_callbacks(c, out, best, state["history"])
+        callbacks, watch = make_callbacks(c, out, best, state["history"], trial)
         log.info("training %s (%s parameters) for up to %d epochs on %d images", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split))
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
         start = time.time()
@@ -180,6 +188,8 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         result = report(c, model_file, val_split, classes, history, run_name)
         tracking.log_metrics({"best_val_accuracy": result["val_accuracy"], "val_accuracy_tta": result["val_accuracy_tta"], "train_seconds": seconds, "epochs_run": epochs_run})
         log.info("%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", run_name, epochs_run, reason, seconds, kept)
+        if trial:
+            trial.value = result["val_accuracy"]
     return {"run_id": run_id, **result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}
 
 

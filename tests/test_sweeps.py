@@ -109,20 +109,6 @@ def test_submitit_sweep_lands_every_run_under_one_parent(tmp_path):
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_log.out"))  # submitit ran them
 
 
-@slow
-def test_optuna_search_runs_trials_as_children_and_names_the_best(tmp_path):
-    p = run_cli(tmp_path, "-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "debug=tiny")
-    assert p.returncode == 0, p.stderr[-3000:]
-    _, runs = store(tmp_path)
-    (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
-    children = jobs(runs)
-    assert len(children) == 3 and all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
-    best = [r for r in children if r.data.tags.get("fer_exp.best") == "true"]
-    assert len(best) == 1 and parent.data.tags["fer_exp.best_run"] == best[0].info.run_id
-    assert best[0].data.metrics["best_val_accuracy"] == max(r.data.metrics["best_val_accuracy"] for r in children)
-    assert f"best: {best[0].info.run_name}" in p.stdout
-
-
 def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypatch, capsys):
     """A worker killed mid-job never ends its run: the sweep's end does, FAILED with the reason."""
     from mlflow.tracking import MlflowClient

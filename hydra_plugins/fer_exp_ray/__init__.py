@@ -8,7 +8,7 @@ Differences from hydra-ray-launcher's own launcher:
   original raised at the first lost job and so abandoned the rest;
 - the sweep folder is the driver's absolute one, not resolved again on each worker
   (its own clock for `${now:}`, its own working directory);
-- jobs get the sweep's parent run and FER_EXP_REMOTE through Ray's runtime environment:
+- jobs get the sweep's parent run, its Optuna study and FER_EXP_REMOTE through Ray's runtime environment:
   fer_exp.run then works in the driver's folder, and fer_exp.data does not fall back
   to the synthetic set when the node lacks the data;
 - no object-store size is forced, which Ray refuses when joining a running cluster.
@@ -46,6 +46,7 @@ class FaultTolerantRayLauncher(Launcher):
         from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 
         from fer_exp.data import REMOTE_ENV
+        from fer_exp.search import STUDY_ENV
         from fer_exp.tracking import PARENT_ENV
 
         setup_globals()
@@ -55,8 +56,9 @@ class FaultTolerantRayLauncher(Launcher):
         init = OmegaConf.to_container(self.ray_cfg.init, resolve=True)
         env = init.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env[REMOTE_ENV] = "ray"
-        if os.environ.get(PARENT_ENV):
-            env[PARENT_ENV] = os.environ[PARENT_ENV]
+        for name in (PARENT_ENV, STUDY_ENV):  # the sweep's parent run, and its Optuna study (pruning)
+            if os.environ.get(name):
+                env[name] = os.environ[name]
         start_ray(OmegaConf.create(init))
         log.info("Ray: %d job(s) on %s, sweep output %s", len(job_overrides), ray.get_runtime_context().gcs_address, sweep_dir)
 
