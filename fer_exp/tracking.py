@@ -44,6 +44,7 @@ TAG_REUSED = "fer_exp.reused"  # prefix: on a parent, fer_exp.reused.<run id> fo
 TAG_BEST = "fer_exp.best"  # "true" on a sweep's best job
 TAG_BEST_RUN = "fer_exp.best_run"  # on a parent: its best job's run id
 TAG_TRIAL = "fer_exp.trial"  # the job's trial number in its sweep's Optuna study
+TAG_MEMBERS = "fer_exp.members"  # an ensemble's member run ids, comma-separated
 TAG_KEPT = "fer_exp.kept_weights"  # which weights the model and its scores are: "best epoch N" or "last epoch N"
 TAG_GIT_DIRTY, TAG_HOST, TAG_RAY_NODE = "fer_exp.git_dirty", "fer_exp.host", "fer_exp.ray_node"
 CHAMPION = "champion"  # the registry alias of the best model so far
@@ -99,17 +100,18 @@ def placement() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None) -> Iterator[str]:
-    """A run (nested under the sweep's parent when there is one) with params and tags.
+def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None, parent: str | None = None) -> Iterator[str]:
+    """A run (nested under `parent`, else under the sweep's parent when there is one) with params and tags.
 
     Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     """
-    parent = os.environ.get(PARENT_ENV)
+    parent = parent or os.environ.get(PARENT_ENV)
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
-    with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags) as run:
+    experiment = MlflowClient().get_run(parent).info.experiment_id if parent else None  # the parent's, else the active one
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment) as run:
         mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
         mlflow.log_text(config_yaml, "config.yaml")
         mlflow.log_text(environment(), "environment.txt")
@@ -168,6 +170,11 @@ def find_previous(experiment_id: str, config_hash: str) -> tuple[dict | None, di
     stopped = [r for r in runs if r.info.status == "KILLED" or r.data.tags.get(TAG_ERROR) == LOST]
     interrupted = next((record(r) for r in stopped if r.data.tags.get(TAG_CHECKPOINT)), None)
     return finished, interrupted
+
+
+def load_text(run_id: str, path: str) -> str:
+    """A text artifact of a run (e.g. its config.yaml)."""
+    return mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")
 
 
 def download_artifacts(run_id: str, path: str, dst: Path) -> Path | None:

@@ -1,0 +1,166 @@
+"""The best model a sweep can give: average the class probabilities of its top runs.
+
+    python -m fer_exp.ensemble [sweep=<parent run id>] [top_k=5] [metric=best_val_accuracy]
+        [select=all | greedy] [tta=10] [experiment=fer_exp] [tracking_dir=mlruns | tracking_uri=http://...]
+
+Takes the sweep's top_k FINISHED jobs (not pruned) by `metric`, builds one Keras model whose
+output is the mean of theirs, evaluates it on the members' validation split like a single run
+(single view and TTA, per-class report, confusion matrix) and logs it as a child run of the sweep
+(`ensemble top-K`, tag fer_exp.members) with model.h5, classes.json and the MLflow model, so
+that evaluate, predict, `make serve` and the registry take it like any model.
+
+select=all (the default) averages all top_k members: nothing is fitted on validation, so its
+validation accuracy is an honest estimate. select=greedy adds members one at a time (with
+repeats, Caruana et al.) while validation accuracy improves: often better, but chosen on the
+very split it is scored on, so its figure is optimistic.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from fer_exp import compare, tracking
+
+log = logging.getLogger("fer_exp.ensemble")
+DEFAULTS = {"sweep": None, "top_k": 5, "metric": "best_val_accuracy", "select": "all", "tta": 10, "experiment": "fer_exp", "tracking_dir": "mlruns", "tracking_uri": None}
+
+
+class EnsembleError(ValueError):
+    """Members that cannot be combined, or no members: the message says why."""
+
+
+def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
+    """The top_k FINISHED, unpruned jobs with `metric`, best first."""
+    done = [j for j in jobs if j["status"] == "FINISHED" and metric in j["metrics"] and not compare.pruned(j) and j["tags"].get(tracking.TAG_ROLE) == "job"]
+    if len(done) < 2:
+        raise EnsembleError(f"the sweep has {len(done)} FINISHED job(s) with {metric}; an ensemble needs at least 2")
+    return sorted(done, key=lambda j: -j["metrics"][metric])[:top_k]
+
+
+def check_compatible(models: list, classes: list[list[str]], ids: list[str]) -> None:
+    """Members must take the same input and name the same classes in the same order."""
+    shapes = {tuple(m.input_shape[1:]) for m in models}
+    if len(shapes) > 1:
+        raise EnsembleError(f"members take different inputs {sorted(shapes)}: runs {ids}; ensemble runs of one data.image_size")
+    if any(c != classes[0] for c in classes):
+        raise EnsembleError(f"members were trained on different class lists {classes}: runs {ids}")
+
+
+def greedy(probs: np.ndarray, labels: np.ndarray, rounds: int = 10) -> list[int]:
+    """Member indices (with repeats) chosen by forward selection on validation accuracy, best member first."""
+    chosen = [int(np.argmax([(p.argmax(1) == labels).mean() for p in probs]))]
+    for _ in range(rounds):
+        current = (probs[chosen].mean(0).argmax(1) == labels).mean()
+        scores = [(probs[chosen + [i]].mean(0).argmax(1) == labels).mean() for i in range(len(probs))]
+        if max(scores) <= current:
+            break
+        chosen.append(int(np.argmax(scores)))
+    return chosen
+
+
+def average(models: list, picks: list[int]):
+    """One Keras model: the mean of the picked members' outputs (a member picked twice counts twice)."""
+    import keras
+
+    inputs = keras.Input(models[0].input_shape[1:])
+    # each member under a name of its own (members of one architecture share theirs)
+    renamed = {i: keras.Model(models[i].inputs, models[i].output, name=f"member_{i}") for i in set(picks)}
+    outputs = [renamed[i](inputs) for i in picks]
+    return keras.Model(inputs, keras.layers.Average(dtype="float32")(outputs) if len(outputs) > 1 else outputs[0], name="ensemble")
+
+
+def validation_split(member: dict):
+    """The validation split the member was scored on, from its logged config."""
+    from fer_exp.data import load_data, with_fallback
+
+    c = OmegaConf.to_container(OmegaConf.create(tracking.load_text(member["run_id"], "config.yaml")), resolve=True)
+    splits, _ = load_data(with_fallback(c["data"]), seed=c["seed"])
+    return splits["validation"], c
+
+
+def build(sweep_id: str, top_k: int, metric: str, select: str) -> tuple:
+    """(the ensemble model, its classes, the members, the member ids it averages (with repeats), validation split, member config)."""
+    from fer_exp.evaluate import evaluate, load_model
+
+    members = top_members(tracking.sweep_jobs(sweep_id), metric, top_k)
+    ids = [m["run_id"] for m in members]
+    loaded = [load_model(f"runs:/{i}/model") for i in ids]
+    models, classes = [m for m, _ in loaded], [c for _, c in loaded]
+    check_compatible(models, classes, ids)
+    val, c = validation_split(members[0])
+    picks = list(range(len(models)))
+    if select == "greedy":
+        probs = np.stack([evaluate(m, val.images, None, classes[0]).single for m in models])
+        picks = greedy(probs, val.labels)
+    elif select != "all":
+        raise EnsembleError(f"select={select!r}: use all or greedy")
+    return average(models, picks), classes[0], members, [ids[i] for i in picks], val, c
+
+
+def log_ensemble(sweep_id: str, metric: str, select: str, top_k: int, tta: int) -> dict:
+    """Build, evaluate and log the ensemble as a child run of the sweep; returns its record."""
+    from fer_exp import plots
+    from fer_exp.config import config_hash
+    from fer_exp.evaluate import evaluate
+    from fer_exp.models import write_classes
+    from fer_exp.pipeline import to_inputs
+
+    model, classes, members, picked, val, c = build(sweep_id, top_k, metric, select)
+    name = f"ensemble top-{len(members)}" + (" greedy" if select == "greedy" else "")
+    settings = {"ensemble": {"sweep": sweep_id, "top_k": top_k, "metric": metric, "select": select, "members": picked}, "data": c["data"], "tta_views": tta}
+    tags = {tracking.TAG_ROLE: "ensemble", tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)), tracking.TAG_OVERRIDES: f"ensemble=top-{len(members)}{'-greedy' if select == 'greedy' else ''}"}
+    params = {"data.register_as": c["data"].get("register_as"), "data.name": c["data"]["name"], "ensemble.top_k": top_k, "ensemble.select": select, "ensemble.size": len(picked)}
+    with tempfile.TemporaryDirectory() as tmp, tracking.start_run(name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id) as run_id:
+        ev = evaluate(model, val.images, val.labels, classes, tta)
+        out = Path(tmp)
+        model.save(out / "model.h5")
+        plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=f"{name}: validation accuracy {ev.accuracy:.1%}"), out / "confusion_matrix.png")
+        (out / "classification_report.txt").write_text(ev.text)
+        tracking.log_files([out / "model.h5", write_classes(out / "model.h5", classes), out / "confusion_matrix.png", out / "classification_report.txt"])
+        tracking.log_dict(ev.report, "classification_report.json")
+        tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={"classes": classes})
+        best = members[0]["metrics"][metric]
+        tracking.log_metrics({"best_val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": model.count_params(), "best_member_val_accuracy": best})
+    log.info("%s: validation accuracy %.4f single view, %.4f with %d-view TTA; best member %.4f\n%s", name, ev.accuracy, ev.tta_accuracy, tta, best, ev.text)
+    return tracking.get_record(run_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if unknown := sorted(set(args) - set(DEFAULTS)):
+        print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
+        return 2
+    from mlflow.exceptions import MlflowException
+
+    from fer_exp import sweep
+
+    tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
+    try:
+        parent = compare.find_sweep(args.experiment, args.sweep)
+        run = log_ensemble(parent["run_id"], args.metric, args.select, int(args.top_k), int(args.tta))
+    except (compare.CompareError, EnsembleError, MlflowException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    m = run["metrics"]
+    print(f"{run['name']} of sweep {parent['run_id']}: run {run['run_id']} (runs:/{run['run_id']}/model)")
+    print(f"members: {run['tags'][tracking.TAG_MEMBERS]}")
+    print(f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; best member {m['best_member_val_accuracy']:.4f}")
+    try:
+        if note := sweep.register_champion(run):
+            print(note)
+    except MlflowException as e:
+        log.warning("could not register the ensemble: %s", e)
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.pop(tracking.PARENT_ENV, None)  # nest under the sweep named, never under one this shell is in
+    sys.exit(main())
