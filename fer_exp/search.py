@@ -25,7 +25,6 @@ from fer_exp import tracking
 
 log = logging.getLogger(__name__)
 STUDY_ENV = "FER_EXP_STUDY"  # JSON {"storage": URL, "name": study name}, set by the driver of a sweep
-optuna.logging.set_verbosity(optuna.logging.WARNING)  # the sweep prints its own summary
 
 
 def storage_url(tracking: dict) -> str:
@@ -69,6 +68,7 @@ def make_pruner(cfg: dict, epochs: int) -> optuna.pruners.BasePruner:
 
 def announce(storage: str, name: str) -> None:
     """Name the sweep's study for its jobs (launchers pass the environment on; Ray gets it passed)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # a line per trial otherwise; the sweep prints its summary
     os.environ[STUDY_ENV] = json.dumps({"storage": storage, "name": name})
 
 
@@ -115,6 +115,7 @@ def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
             log.warning("pruner=%s works in sweeps (-m); this single run is not pruned", c["pruner"]["name"])
         yield None
         return
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=study_ref["name"], storage=study_ref["storage"], pruner=make_pruner(c["pruner"], c["epochs"]))
     # a search's trial (public constructor, documented as not for direct use: the trial was asked in the driver), or a grid job's own
     trial = optuna.trial.Trial(study, c["trial"]) if c.get("trial") is not None else study.ask()
