@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import numbers
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 # Top-level keys that change where results go, how much is printed or how a job starts or
 # stops, not what is trained: left out of the config hash (resume matches on it) and the run name.
@@ -38,3 +39,46 @@ def flatten(d: dict, prefix: str = "") -> dict:
         else:
             out[f"{prefix}{k}"] = v
     return out
+
+
+class ConfigError(ValueError):
+    """A config value of the wrong type or out of range; the message names the key."""
+
+
+def _number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _whole(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+# key: (is it acceptable, what it must be). Checked before any work starts (fer_exp.run), so that a
+# typo such as lr=abc fails at once, naming the key, not inside Keras after the data has loaded.
+CHECKS = {
+    "lr": (lambda v: _number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
+    "batch_size": (lambda v: _whole(v) and v >= 1, "a whole number >= 1, e.g. batch_size=64"),
+    "epochs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1, e.g. epochs=30"),
+    "seed": (_whole, "a whole number"),
+    "weight_decay": (lambda v: _number(v) and v >= 0, "a number >= 0"),
+    "warmup_epochs": (lambda v: _number(v) and v >= 0, "a number of epochs >= 0"),
+    "label_smoothing": (lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "tta_views": (lambda v: _whole(v) and 1 <= v <= 10, "a whole number from 1 to 10"),
+    "max_minutes": (lambda v: v is None or (_number(v) and v > 0), "null or a number of minutes > 0"),
+    "optimizer": (lambda v: v in ("adam", "adamw", "sgd"), "one of adam, adamw, sgd"),
+    "lr_schedule": (lambda v: v in ("constant", "cosine"), "one of constant, cosine"),
+    "precision": (lambda v: v in ("float32", "mixed_bfloat16"), "one of float32, mixed_bfloat16"),
+    "keep_weights": (lambda v: v in ("best", "last"), "one of best, last"),
+    "class_weight": (lambda v: v in ("none", "balanced"), "one of none, balanced"),
+    "early_stopping.patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0 (0: off)"),
+    "data.image_size": (lambda v: _whole(v) and v >= 16, "a whole number of pixels >= 16"),
+    "data.limit_per_class": (lambda v: v is None or (_whole(v) and v >= 1), "null or a whole number >= 1"),
+}
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key in CHECKS whose value is of the wrong type or out of range."""
+    for key, (ok, expected) in CHECKS.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is not valid: expected {expected}")

@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fer_exp.config import ConfigError, validate
 from fer_exp.config import run_name as name_of
 from fer_exp.data import REMOTE_ENV, DataError
 
@@ -25,6 +26,11 @@ log = logging.getLogger("fer_exp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
+    try:
+        validate(cfg)  # before TensorFlow, MLflow or the data load: a typo fails in a second
+    except ConfigError as e:
+        log.error("%s", e)
+        sys.exit(2)
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.train import train

@@ -4,8 +4,8 @@ MLflow store, one trial per job, reported every epoch, pruned by Optuna's own pr
 The driver (the Optuna sweeper in hydra_plugins/fer_exp_optuna, or sweep.SweepRun for a grid sweep
 with a pruner) opens the study and names it in the environment (STUDY_ENV); each job attaches to it
 (trial_for): its own trial in a grid sweep, the trial the sweeper asked for (config key `trial`) in
-a search. The job reports val accuracy after every epoch, stops after the epoch a pruner rejects and
-tells the study how it ended.
+a search. The job reports val accuracy after every epoch (callbacks.ReportToTrial), stops after the
+epoch a pruner rejects and tells the study how it ended.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import keras
 import optuna
 
 from fer_exp import tracking
+
+if TYPE_CHECKING:
+    from fer_exp.callbacks import ReportToTrial
 
 log = logging.getLogger(__name__)
 STUDY_ENV = "FER_EXP_STUDY"  # JSON {"storage": URL, "name": study name}, set by the driver of a sweep
@@ -83,25 +85,6 @@ def open_grid_study(tracking: dict, parent_run_id: str) -> None:
     announce(storage, name)
 
 
-class ReportToTrial(keras.callbacks.Callback):
-    """Report `monitor` to the trial after every epoch; stop after an epoch the study's pruner rejects."""
-
-    def __init__(self, trial: optuna.trial.Trial, monitor: str = "val_accuracy"):
-        super().__init__()
-        self.trial, self.monitor = trial, monitor
-        self.pruned_at: int | None = None  # the epoch after which the pruner stopped the job
-        self.value: float | None = None  # the job's result, told to the study when it completes
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if (value := (logs or {}).get(self.monitor)) is None:
-            return
-        self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
-            self.pruned_at = epoch + 1
-            self.model.stop_training = True
-            log.info("pruned after epoch %d: %s %.4f is below the study's trials at this epoch", epoch + 1, self.monitor, value)
-
-
 @contextlib.contextmanager
 def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
     """The job's trial in the announced study, as a callback (None without a study or pruner).
@@ -120,6 +103,8 @@ def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
     # a search's trial (public constructor, documented as not for direct use: the trial was asked in the driver), or a grid job's own
     trial = optuna.trial.Trial(study, c["trial"]) if c.get("trial") is not None else study.ask()
     tracking.set_tags({tracking.TAG_TRIAL: f"{trial.number} of study {study.study_name}"})
+    from fer_exp.callbacks import ReportToTrial  # Keras: only in a job
+
     callback = ReportToTrial(trial, c["early_stopping"]["monitor"])
     try:
         yield callback

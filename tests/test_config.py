@@ -85,3 +85,22 @@ def test_cluster_launcher_configs_compose(launcher, expected):
     assert p.returncode == 0 and "warn" not in p.stderr.lower(), p.stderr
     for line in expected:
         assert line in p.stdout
+
+
+@pytest.mark.parametrize("bad, key", [("lr=abc", "lr="), ("epochs=-3", "epochs="), ("optimizer=adamm", "optimizer="), ("tta_views=11", "tta_views=")])
+def test_a_bad_value_fails_at_once_naming_the_key(compose, bad, key):
+    from fer_exp.config import ConfigError, validate
+
+    validate(compose())  # the defaults pass
+    with pytest.raises(ConfigError, match=f"^{key}.* is not valid: expected "):
+        validate(compose([bad]))
+
+
+@pytest.mark.slow
+def test_lr_abc_fails_before_any_work_with_one_line(tmp_path):
+    from conftest import run_cli
+
+    p = run_cli(tmp_path, "lr=abc", timeout=120)
+    errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line]
+    assert p.returncode == 2 and len(errors) == 1 and "lr='abc' is not valid: expected a number > 0" in errors[0]
+    assert "Traceback" not in p.stderr and not (tmp_path / "mlruns").exists()  # no run, no store: nothing started
