@@ -26,23 +26,24 @@ log = logging.getLogger("fer_exp")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
-    try:
-        validate(cfg)  # before TensorFlow, MLflow or the data load: a typo fails in a second
-    except ConfigError as e:
-        log.error("%s", e)
-        sys.exit(2)
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    if not multirun:  # in a sweep, train() checks the values, so that the job is recorded FAILED and the others go on
+        try:
+            validate(cfg)  # before TensorFlow, MLflow or the data load: a typo fails in a second
+        except ConfigError as e:
+            log.error("%s", e)
+            sys.exit(2)
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.train import train
 
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
     install_signal_handlers()
-    hc = HydraConfig.get()
     if os.environ.get(REMOTE_ENV) and os.path.isdir(hc.runtime.cwd):
         os.chdir(hc.runtime.cwd)  # on a cluster worker: relative paths (data.root, caches) mean what they do on the driver
     overrides = list(hc.overrides.task)
     run_name = name_of(overrides)  # e.g. "model=deep,lr=0.001"
-    multirun = hc.mode == RunMode.MULTIRUN
     try:
         raise_if_signalled()  # a signal during the previous job's final logging stops the sweep here
         return train(cfg, run_name=run_name, output_dir=hc.runtime.output_dir, overrides=overrides)["val_accuracy"]

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_exp import plots, search, tracking
 from fer_exp.augment import build_augmenter
 from fer_exp.callbacks import EpochCheckpoint, EpochLogger, StopOnNonFinite, StopOnSignal, TimeBudget
-from fer_exp.config import config_hash, flatten
+from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
 from fer_exp.evaluate import evaluate
 from fer_exp.models import build_model, write_classes
@@ -159,6 +159,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         tf.config.experimental.enable_op_determinism()
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
     with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id, search.trial_for(c) as trial:
+        validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(c["data"], seed=c["seed"])
         classes, train_split, val_split = list(c["data"]["classes"]), splits["train"], splits["validation"]
         log_data(splits, source, c["data"]["name"], classes)

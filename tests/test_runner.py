@@ -58,7 +58,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     jobs = {r.info.run_name.split(",")[1]: r for r in runs if r.data.tags.get("fer_exp.role") == "job"}
     assert {k: r.info.status for k, r in jobs.items()} == {"batch_size=8": "FINISHED", "batch_size=0": "FAILED"}
     failed = jobs["batch_size=0"]
-    assert failed.data.tags["fer_exp.error"] == "ValueError: batch_size must be >= 1, got 0"
+    assert failed.data.tags["fer_exp.error"] == "ConfigError: batch_size=0 is not valid: expected a whole number >= 1, e.g. batch_size=64"
     assert "Traceback" in mlflow.artifacts.load_text(f"runs:/{failed.info.run_id}/error.txt")
     assert [r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "sweep"] == ["FAILED"]
 
