@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -209,7 +210,17 @@ def log_files(paths: list[str | Path], folder: str | None = None) -> None:
 
 def log_dataset(name: str, source: str, digest: str, context: str) -> None:
     """Record a split as an MLflow dataset input, identified by its file-list digest."""
-    mlflow.log_input(MetaDataset(_Source(source), name=name, digest=digest[:36]), context=context)
+    dataset = MetaDataset(_Source(source), name=name, digest=digest[:36])
+    for attempt in range(3):
+        try:
+            mlflow.log_input(dataset, context=context)
+            return
+        except MlflowException as e:
+            # Parallel jobs of a sweep (joblib, submitit) may insert the same new data set at the same
+            # moment: the store's unique constraint rejects the second; by now it exists, so try again.
+            if "unique" not in str(e).lower() or "dataset" not in str(e).lower() or attempt == 2:
+                raise
+            time.sleep(0.5 + attempt)
 
 
 def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -> None:
