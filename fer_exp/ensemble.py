@@ -109,7 +109,7 @@ def log_ensemble(sweep_id: str, metric: str, select: str, top_k: int, tta: int) 
     from fer_exp import plots
     from fer_exp.config import config_hash
     from fer_exp.evaluate import evaluate
-    from fer_exp.models import write_classes
+    from fer_exp.models import CLASSES_KEY, write_classes
     from fer_exp.pipeline import to_inputs
 
     model, classes, members, picked, val, c = build(sweep_id, top_k, metric, select)
@@ -125,7 +125,7 @@ def log_ensemble(sweep_id: str, metric: str, select: str, top_k: int, tta: int) 
         (out / "classification_report.txt").write_text(ev.text)
         tracking.log_files([out / "model.h5", write_classes(out / "model.h5", classes), out / "confusion_matrix.png", out / "classification_report.txt"])
         tracking.log_dict(ev.report, "classification_report.json")
-        tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={"classes": classes})
+        tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: classes})
         best = members[0]["metrics"][metric]
         tracking.log_metrics({"best_val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": model.count_params(), "best_member_val_accuracy": best})
     log.info("%s: validation accuracy %.4f single view, %.4f with %d-view TTA; best member %.4f\n%s", name, ev.accuracy, ev.tta_accuracy, tta, best, ev.text)

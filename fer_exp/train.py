@@ -18,7 +18,7 @@ from fer_exp.callbacks import EpochCheckpoint, EpochLogger, StopOnNonFinite, Sto
 from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
 from fer_exp.evaluate import evaluate
-from fer_exp.models import build_model, write_classes
+from fer_exp.models import CLASSES_KEY, build_model, write_classes
 from fer_exp.pipeline import make_dataset, to_inputs
 
 log = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def report(c: dict, model_file: Path, val: Split, classes: list[str], history: d
     names = write_classes(model_file, classes)
     tracking.log_files([model_file, names, out / "curves.png", out / "confusion_matrix.png", out / "classification_report.txt"])
     tracking.log_dict(ev.report, "classification_report.json")
-    tracking.log_keras_model(kept, to_inputs(val.images[:2]).numpy(), metadata={"classes": list(classes)})
+    tracking.log_keras_model(kept, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
     log.info("validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s", ev.accuracy, ev.tta_accuracy, c["tta_views"], c["keep_weights"], ev.text)
     return {"val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": kept.count_params()}
 
