@@ -119,8 +119,6 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(args) - set(DEFAULTS)):
         print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
         return 2
-    from mlflow.exceptions import MlflowException
-
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass tracking_dir=", file=sys.stderr)
@@ -129,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sweep = find_sweep(args.experiment, args.sweep)
         text, png = compare(sweep, args.metric, Path(args.out_dir))
-    except (CompareError, MlflowException) as e:
+    except (CompareError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sweep {sweep['run_id']} ({sweep['name']}, {sweep['status']}), sorted by {args.metric}:\n{text}")

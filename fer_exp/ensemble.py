@@ -138,15 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := sorted(set(args) - set(DEFAULTS)):
         print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
         return 2
-    from mlflow.exceptions import MlflowException
-
     from fer_exp import sweep
 
     tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
     try:
         parent = compare.find_sweep(args.experiment, args.sweep)
         run = log_ensemble(parent["run_id"], args.metric, args.select, int(args.top_k), int(args.tta))
-    except (compare.CompareError, EnsembleError, MlflowException) as e:
+    except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = run["metrics"]
@@ -156,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if note := sweep.register_champion(run):
             print(note)
-    except MlflowException as e:
+    except tracking.TrackingError as e:
         log.warning("could not register the ensemble: %s", e)
     return 0
 
