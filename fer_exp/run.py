@@ -13,6 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from fer_exp import machine
 from fer_exp.config import ConfigError, validate
 from fer_exp.config import run_name as name_of
 from fer_exp.data import REMOTE_ENV, DataError
@@ -34,6 +35,7 @@ def main(cfg: DictConfig) -> float | None:
         except ConfigError as e:
             log.error("%s", e)
             sys.exit(2)
+    machine.use_onednn(cfg.model.name)  # before TensorFlow loads
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.train import train

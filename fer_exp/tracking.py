@@ -48,6 +48,7 @@ TAG_TRIAL = "fer_exp.trial"  # the job's trial number in its sweep's Optuna stud
 TAG_MEMBERS = "fer_exp.members"  # an ensemble's member run ids, comma-separated
 TAG_KEPT = "fer_exp.kept_weights"  # which weights the model and its scores are: "best epoch N" or "last epoch N"
 TAG_GIT_DIRTY, TAG_HOST, TAG_RAY_NODE = "fer_exp.git_dirty", "fer_exp.host", "fer_exp.ray_node"
+TAG_MACHINE = "fer_exp.machine"  # prefix: fer_exp.machine.cpu, .cpu_flags, .cores, .precision (chosen), .onednn
 CHAMPION = "champion"  # the registry alias of the best model so far
 TrackingError = MlflowException  # what a failed call to the store or server raises (CLIs report it)
 LOST = "lost: the job's process ended without ending its run (a killed worker?)"  # fer_exp.error of such a run

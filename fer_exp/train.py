@@ -12,7 +12,7 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from fer_exp import plots, search, tracking
+from fer_exp import machine, plots, search, tracking
 from fer_exp.augment import build_augmenter
 from fer_exp.callbacks import EpochCheckpoint, EpochLogger, StopOnNonFinite, StopOnSignal, TimeBudget
 from fer_exp.config import config_hash, flatten, validate
@@ -62,7 +62,7 @@ def make_lr(c: dict, steps_per_epoch: int):
 def compile_model(c: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
     """The model, optimizer, loss and metrics that the resolved config `c` describes."""
     size = int(c["data"]["image_size"])
-    keras.mixed_precision.set_global_policy(c["precision"])
+    keras.mixed_precision.set_global_policy(machine.precision(c["precision"]))
     try:
         model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **c["model"])
     finally:
@@ -158,6 +158,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     if c["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
+    tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in machine.describe(c["precision"]).items()})
     with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id, search.trial_for(c) as trial:
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(c["data"], seed=c["seed"])
@@ -177,7 +178,8 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
         callbacks, watch = make_callbacks(c, out, best, state["history"], trial)
-        log.info("training %s (%s parameters) for up to %d epochs on %d images", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split))
+        m = machine.describe(c["precision"])
+        log.info("training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split), m["cpu"], m["precision"], m["onednn"])
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
         start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
