@@ -65,6 +65,16 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
     return rows
 
 
+def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dict:
+    """The MLflow UI's view of a sweep (see tracking.share_view): the parent row expanded so that every
+    job is listed, best first, with the metric, TTA, epochs, seconds and the params that differ as columns."""
+    params = set().union(*(j["params"] for j in jobs))
+    settings = [k if k in params else f"{k}.name" for k in (rows[0]["settings"] if rows else {})]  # model=deep -> model.name
+    columns = [f"metrics.`{m}`" for m in dict.fromkeys((metric, "val_accuracy_tta", "epochs_run", "train_seconds"))]
+    columns += [f"params.`{k}`" for k in settings if k in params]
+    return {"orderByKey": f"metrics.`{metric}`", "orderByAsc": "loss" in metric, "selectedColumns": columns, "runsExpanded": {parent: True}}
+
+
 def table(rows: list[dict], metric: str) -> str:
     """Plain-text table, best first."""
     lines = [("#", "job", "status", metric, "tta", "best epoch", "params", "minutes")]
@@ -88,14 +98,16 @@ def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path
     return [png, txt]
 
 
-def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path]:
-    """(the table, the PNG path) of a sweep's parent run record; both files are also logged to it."""
-    rows = job_rows(tracking.sweep_jobs(sweep["run_id"], PER_EPOCH.get(metric, metric)), metric)
+def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
+    """(the table, the PNG path, the MLflow UI link) of a sweep's parent run record; the files are
+    also logged to it, and the UI's view of it is (re)written."""
+    jobs = tracking.sweep_jobs(sweep["run_id"], PER_EPOCH.get(metric, metric))
+    rows = job_rows(jobs, metric)
     if not rows:
         raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
     files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
     tracking.log_files_to(sweep["run_id"], files)
-    return table(rows, metric), files[0]
+    return table(rows, metric), files[0], tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric))
 
 
 def find_sweep(experiment: str, sweep_id: str | None) -> dict:
@@ -126,12 +138,13 @@ def main(argv: list[str] | None = None) -> int:
     tracking.connect(uri)
     try:
         sweep = find_sweep(args.experiment, args.sweep)
-        text, png = compare(sweep, args.metric, Path(args.out_dir))
+        text, png, link = compare(sweep, args.metric, Path(args.out_dir))
     except (CompareError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"sweep {sweep['run_id']} ({sweep['name']}, {sweep['status']}), sorted by {args.metric}:\n{text}")
     print(f"plot: {png} (also in the parent run's artifacts)")
+    print(f"MLflow UI (make ui): {link}  (charts: add &compareRunsMode=CHART)")
     return 0
 
 

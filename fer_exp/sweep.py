@@ -93,6 +93,22 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     return lines
 
 
+def _ui_view(parent: str, jobs: list[dict], rows: list[dict]) -> list[str]:
+    """The sweep in the MLflow UI at first sight: its jobs listed (the parent row expanded), best first,
+    with validation accuracy and the settings that differ as columns; the parent row carries the best
+    job's scores. Returns the summary's line with the link."""
+    finished = [r for r in rows if r["status"] == "FINISHED" and r["value"] is not None]
+    if finished:
+        best = finished[0]
+        tracking.log_metrics_to(parent, {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})})
+    try:
+        link = tracking.share_view(parent, compare.ui_view(parent, jobs, rows, METRIC))
+    except Exception as e:  # a view must not fail a finished sweep
+        log.warning("could not save the sweep's MLflow UI view: %s", e)
+        return []
+    return [f"MLflow UI (make ui): {link}  (charts: add &compareRunsMode=CHART)"]
+
+
 def _pruning(jobs: list[dict]) -> list[str]:
     """The summary's line on pruned jobs and the epochs they did not train."""
     pruned = [j for j in jobs if compare.pruned(j)]
@@ -139,7 +155,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     if rows:
         lines.append(compare.table(rows, METRIC))
     lines += [f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}" for j in failed]
-    lines += _pruning(jobs) + _best(parent, jobs, reused)
+    lines += _pruning(jobs) + _best(parent, jobs, reused) + _ui_view(parent, jobs, rows)
     if out_dir and rows:
         try:
             files = compare.save(rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)")

@@ -8,6 +8,7 @@ module as plain records (see `record`); the sweep's lifecycle is in sweep.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import socket
@@ -313,6 +314,30 @@ def end_run(run_id: str, status: str, tags: dict[str, str] | None = None) -> Non
 def tag_run(run_id: str, tags: dict[str, str]) -> None:
     for k, v in tags.items():
         MlflowClient().set_tag(run_id, k, v)
+
+
+def log_metrics_to(run_id: str, metrics: dict[str, float]) -> None:
+    for k, v in metrics.items():
+        MlflowClient().log_metric(run_id, k, v)
+
+
+# The MLflow UI opens a view kept in an experiment tag with this prefix at
+# <ui>/#/experiments/<id>/runs?viewStateShareKey=<key> (its "Share" button writes the same tags).
+VIEW_TAG = "mlflow.sharedViewState."
+UI = "http://127.0.0.1:5000"  # where `make ui` serves
+
+
+def share_view(run_id: str, state: dict) -> str:
+    """Keep a view of the runs table (columns, sort, expanded rows) under the key `run_id`, in the
+    run's experiment; returns the UI link that opens it."""
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    client.set_experiment_tag(experiment_id, VIEW_TAG + run_id, json.dumps(state))
+    return view_link(experiment_id, run_id)
+
+
+def view_link(experiment_id: str, key: str, ui: str = UI) -> str:
+    return f"{ui}/#/experiments/{experiment_id}/runs?viewStateShareKey={key}"
 
 
 def log_files_to(run_id: str, paths: list[str | Path]) -> None:

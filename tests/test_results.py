@@ -68,7 +68,7 @@ def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
         ("lr=0.001", "RUNNING", 0.5, "2/3"),
         ("lr=0.01", "FINISHED", 0.30, "-"),
     ]
-    text, png = compare.compare(tracking.get_record(parent), "best_val_accuracy", tmp_path / "out")
+    text, png, _ = compare.compare(tracking.get_record(parent), "best_val_accuracy", tmp_path / "out")
     assert "RUNNING" in text and png.exists()
     assert {"compare.png", "compare.txt"} <= {a.path for a in client.list_artifacts(parent)}
 
@@ -124,37 +124,50 @@ def test_champion_is_served_over_http(sweep_store):
 
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs Debian's chromium)")
-def test_mlflow_ui_lists_the_sweep_in_a_real_browser(sweep_store):
+def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_store):
+    """The link the sweep prints opens the runs table with every job listed and its validation accuracy
+    in a column, no click needed; its chart view compares the jobs. Screenshots of both are saved."""
     playwright = pytest.importorskip("playwright.sync_api")
     tmp, client, parent, children = sweep_store
     port = free_port()
     # the command `make ui` runs (dry run: print it), pointed at the test's store
     command = make_command("ui", STORE=tmp / "mlruns", PORT=port)
     assert "--host 127.0.0.1" in command
+    exp_id = client.get_run(parent).info.experiment_id
+    assert f"{tracking.VIEW_TAG}{parent}" in client.get_experiment(exp_id).tags
+    # the collapsed sweep row carries its best job's score
+    assert client.get_run(parent).data.metrics["best_val_accuracy"] == max(r["metrics"]["best_val_accuracy"] for r in children)
+    url = tracking.view_link(exp_id, parent, f"http://127.0.0.1:{port}")
     server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    shot = ROOT / "outputs" / "test-screenshots" / "mlflow-ui-sweep.png"
-    shot.parent.mkdir(parents=True, exist_ok=True)
+    shots = ROOT / "outputs" / "test-screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
     try:
         wait_http(f"http://127.0.0.1:{port}/health", server)
-        exp_id = client.get_run(parent).info.experiment_id
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
                 args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
             )
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
-            page.goto(f"http://127.0.0.1:{port}/#/experiments/{exp_id}/runs")
-            sweep_cell = page.locator("[role=gridcell]", has_text="sweep ").first
-            sweep_cell.wait_for(timeout=60_000)
-            sweep_cell.locator("button").first.click()  # the expander: the sweep's jobs are nested under it
+            page.goto(url)
             for r in children:
-                page.get_by_text(r["name"], exact=True).first.wait_for(timeout=30_000)
-            page.screenshot(path=str(shot), full_page=True)
+                page.get_by_text(r["name"], exact=True).first.wait_for(timeout=60_000)
+            page.get_by_role("columnheader", name="best_val_accuracy").first.wait_for(timeout=30_000)
+            for r in children:  # each job's row shows its validation accuracy (the grid splits a row: pinned name, the rest)
+                index = page.locator("[role=row]", has_text=r["name"]).first.get_attribute("row-index")
+                shown = " ".join(page.locator(f'[role=row][row-index="{index}"]').all_inner_texts())
+                assert f"{r['metrics']['best_val_accuracy']:.4f}"[:5] in shown, (r["name"], shown)
+            page.screenshot(path=str(shots / "mlflow-ui-sweep.png"))
+            page.goto(url + "&compareRunsMode=CHART")
+            page.get_by_text("Model metrics").first.wait_for(timeout=60_000)
+            chart = page.get_by_text("best_val_accuracy", exact=True).first
+            chart.wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "mlflow-ui-sweep-charts.png"))
             browser.close()
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
-    assert shot.stat().st_size > 20_000
+    assert (shots / "mlflow-ui-sweep.png").stat().st_size > 20_000 and (shots / "mlflow-ui-sweep-charts.png").stat().st_size > 20_000
 
 
 def test_overrides_come_from_the_tag_or_the_run_name():
