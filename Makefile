@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+EXTRAS := $(VENV)/.installed-extras
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # The MLflow store that `make ui`, `make compare` and `make serve` read
@@ -23,22 +24,27 @@ ARGS   ?=
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install fer_exp with its dependencies
+install: $(STAMP) ## create .venv and install fer_exp with its dependencies (no test or cluster extras)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,cluster]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
-test: install ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
+# the test and cluster extras (pytest, Playwright, Ray, submitit): for the tests and hydra/launcher=ray|slurm
+$(EXTRAS): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test,cluster]'
+	touch $(EXTRAS)
+
+test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
 	$(BIN)/python -m pytest
 
-test-fast: install ## the tests that start no process (pytest -m "not slow"): the development loop
+test-fast: $(EXTRAS) ## the tests that start no process (pytest -m "not slow"): the development loop
 	$(BIN)/python -m pytest -m "not slow"
 
-demo: install ## a 4-job sweep (deep, shallow x 2 learning rates) on the built-in synthetic faces
-	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 data=synthetic epochs=3
+demo: install ## the user's 4-job sweep (deep, shallow x 2 learning rates) on built-in synthetic faces, ~2 min
+	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 experiment=demo
 
 sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer2013); ARGS=... adds overrides
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 $(ARGS)
