@@ -233,7 +233,10 @@ def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -
     import tensorflow as tf
     from mlflow.models import infer_signature
 
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    import numpy as np
+
+    # the schema needs the output's shape and type, not its values: no predict call (and no tracing) for it
+    signature = infer_signature(example, np.zeros((len(example), *model.output_shape[1:]), np.float32))
     # Explicit requirements: skip MLflow's slow import-capturing inference.
     reqs = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"mlflow=={mlflow.__version__}"]
     mlflow.keras.log_model(model, name="model", signature=signature, pip_requirements=reqs, metadata=metadata)

@@ -115,10 +115,11 @@ def stop_reason(watch: dict) -> str:
     return "early_stopping" if watch["stopper"] and watch["stopper"].stopped_epoch > 0 else "epochs"
 
 
-def report(c: dict, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str) -> dict:
+def report(c: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str) -> dict:
     """Evaluate the kept model on validation; log it, its class list, curves, confusion matrix and report."""
     out = model_file.parent
-    kept = keras.models.load_model(model_file, compile=False)
+    # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
+    kept = model if c["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
     ev = evaluate(kept, val.images, val.labels, classes, c["tta_views"])
     plots.save(plots.training_curves(history, title=run_name), out / "curves.png")
     plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=f"{run_name}: validation accuracy {ev.accuracy:.1%}"), out / "confusion_matrix.png")
@@ -188,7 +189,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         epochs_run = len(history.get("loss", []))
         kept = keep_weights(c, model, model_file, history, es)
         tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
-        result = report(c, model_file, val_split, classes, history, run_name)
+        result = report(c, model, model_file, val_split, classes, history, run_name)
         tracking.log_metrics({"best_val_accuracy": result["val_accuracy"], "val_accuracy_tta": result["val_accuracy_tta"], "train_seconds": seconds, "epochs_run": epochs_run})
         log.info("%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", run_name, epochs_run, reason, seconds, kept)
         if trial:

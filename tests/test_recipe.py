@@ -1,4 +1,4 @@
-"""The accuracy levers: VGG, schedules, mixed precision, TTA, the recipe config end to end."""
+"""The accuracy and cost levers: VGG and its crop, schedules, precision per CPU, TTA, the recipe and fast configs."""
 
 import keras
 import mlflow
@@ -74,6 +74,12 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     lrs = [m.value for m in mlflow.MlflowClient().get_metric_history(result["run_id"], "lr")]
     assert len(lrs) == 2 and lrs[1] < lrs[0]  # cosine decay, logged per epoch
     assert run.data.tags["fer_exp.kept_weights"] == "last epoch 2 (EMA)"
+    # precision=auto, and the machine it chose it for, are recorded
+    from fer_exp import machine
+
+    assert cfg.precision == "auto" and run.data.params["precision"] == "auto"
+    assert run.data.tags["fer_exp.machine.precision"] == machine.precision("auto") in ("float32", "mixed_bfloat16")
+    assert run.data.tags["fer_exp.machine.cpu"] == machine.cpu()[0] and run.data.tags["fer_exp.machine.onednn"] in ("on", "off")
     # best_val_accuracy scores the weights kept in model.h5 (the final EMA weights), not a per-epoch value
     from fer_exp.data import synthetic_split
     from fer_exp.evaluate import evaluate
@@ -81,3 +87,49 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     kept = keras.models.load_model(tmp_path / "out" / "model.h5", compile=False)
     val = synthetic_split(2, list(cfg.data.classes), 48, seed=cfg.seed + 1)
     assert evaluate(kept, val.images, val.labels, list(cfg.data.classes)).accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])
+
+
+def test_fast_costs_under_a_third_of_the_recipes_training_flops(compose):
+    """experiment=fast's promise, counted from the models' graphs: FLOPs per image x epochs (same images)."""
+    from fer_exp.models import build_model, training_flops
+
+    total = {}
+    for name in ("recipe", "fast"):
+        cfg = compose([f"experiment={name}"])
+        model = build_model(input_shape=(48, 48, 1), num_classes=7, **cfg.model)
+        total[name] = training_flops(model)[1] * cfg.epochs
+    assert total["fast"] <= total["recipe"] / 3, total
+
+
+def test_vgg_crop_sees_the_central_crop_of_whole_faces():
+    from fer_exp.models import build_model
+
+    plain, cropped = build_model("vgg", (48, 48, 1), 7), build_model("vgg", (48, 48, 1), 7, crop=40)
+    assert cropped.input_shape == (None, 48, 48, 1) and cropped.count_params() == plain.count_params()
+    conv = next(layer for layer in cropped.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.output.shape[1:3] == (40, 40)
+    # the border outside the central 40 px does not change the prediction
+    faces = np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32)
+    bordered = faces.copy()
+    bordered[:, :4], bordered[:, -4:], bordered[:, :, :4], bordered[:, :, -4:] = 0, 1, 0, 1
+    np.testing.assert_allclose(cropped.predict(faces, verbose=0), cropped.predict(bordered, verbose=0), atol=1e-6)
+
+
+@pytest.mark.parametrize(("flags", "auto", "onednn"), [
+    (("avx2", "fma"), "float32", "1"),  # an AVX2-only EPYC: float32, oneDNN turned on for vgg
+    (("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"), "mixed_bfloat16", None),  # a BF16/AMX Xeon: TensorFlow's own default
+])
+def test_precision_and_onednn_follow_the_cpu(monkeypatch, flags, auto, onednn):
+    from fer_exp import machine
+
+    monkeypatch.setattr(machine, "cpu", lambda: ("a CPU", flags))
+    monkeypatch.delenv(machine.ONEDNN_ENV, raising=False)
+    assert machine.precision("auto") == auto and machine.precision("float32") == "float32"
+    machine.use_onednn("deep")  # measured slower with oneDNN on an AVX2 CPU: left alone
+    assert machine.ONEDNN_ENV not in machine.os.environ
+    machine.use_onednn("vgg")
+    assert machine.os.environ.get(machine.ONEDNN_ENV) == onednn
+    assert machine.describe("auto")["onednn"] == "on" and machine.describe("auto")["precision"] == auto
+    monkeypatch.setenv(machine.ONEDNN_ENV, "0")  # the user's choice wins
+    machine.use_onednn("vgg")
+    assert machine.os.environ[machine.ONEDNN_ENV] == "0" and machine.describe("auto")["onednn"] == "off"
