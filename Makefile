@@ -50,6 +50,7 @@ sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer201
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 $(ARGS)
 
 ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=, STORE= to change)
+	@echo "fer_exp: open the link a sweep's summary printed (\`make compare\` prints the latest sweep's) to see its jobs compared"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT)
 
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
