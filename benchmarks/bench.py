@@ -306,7 +306,7 @@ def op_times(logdir: str) -> dict[str, float]:
                 for event in line.events:
                     full = plane.event_metadata[event.metadata_id].name
                     name, _, op = full.rpartition(":")
-                    if not name or name == "ExecutorState":  # the executor's wrappers around ops (Process, ParallelFor)
+                    if not name or name.startswith("ExecutorState"):  # the executor's wrappers around ops (Process, ParallelFor)
                         continue
                     op = op.removeprefix("_MklNative").removeprefix("_Mkl")  # oneDNN's kernels of the same ops
                     what = next((label for label, test in CATEGORIES if test(name, op)), "other ops (loss, gradients' element-wise ops, casts)")
