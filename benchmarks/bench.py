@@ -43,7 +43,7 @@ from pathlib import Path
 import fer_exp  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
 from fer_exp import machine
 
-machine.use_onednn("vgg")  # before TensorFlow loads: the recipe's setting (fer_exp.run picks it per model)
+machine.use_onednn("vgg")  # before TensorFlow loads: what fer_exp.run picks for the recipe (per model: machine.py)
 import cv2
 import keras
 import numpy as np
