@@ -230,10 +230,9 @@ def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -
     """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model), with `metadata`
     (e.g. its class names) in its MLmodel file."""
     import keras
+    import numpy as np
     import tensorflow as tf
     from mlflow.models import infer_signature
-
-    import numpy as np
 
     # the schema needs the output's shape and type, not its values: no predict call (and no tracing) for it
     signature = infer_signature(example, np.zeros((len(example), *model.output_shape[1:]), np.float32))

@@ -159,7 +159,8 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     if c["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
-    tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in machine.describe(c["precision"]).items()})
+    where = machine.describe(c["precision"])  # the CPU, and the precision and kernels chosen for it
+    tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()})
     with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id, search.trial_for(c) as trial:
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(c["data"], seed=c["seed"])
@@ -179,8 +180,7 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
         callbacks, watch = make_callbacks(c, out, best, state["history"], trial)
-        m = machine.describe(c["precision"])
-        log.info("training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split), m["cpu"], m["precision"], m["onednn"])
+        log.info("training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split), where["cpu"], where["precision"], where["onednn"])
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
         start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
