@@ -72,7 +72,8 @@ def vgg(input_shape, num_classes: int, filters=(32, 64, 128, 256), convs: int = 
     crop: the convs see only the central crop x crop pixels (Keras's CenterCrop, in training and
     inference alike). The model still takes whole faces, so evaluate, predict and ensembles need
     nothing else; training gets random crops from the augmenter's shifts, and TTA's shifted views
-    make its ten-crop test. 40 of 48 px costs 0.69x the FLOPs and runs 2x faster (benchmarks/).
+    make its ten-crop test. 40 of 48 px costs 0.69x the FLOPs and trained 1.5x faster on an AMD EPYC
+    (benchmarks/README.md).
     """
     inputs = keras.Input(input_shape)
     x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
