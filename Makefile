@@ -12,6 +12,13 @@ STORE  ?= $(CURDIR)/mlruns
 SERVER_DB ?= sqlite:///$(CURDIR)/mlruns/server.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
 SERVER_PORT ?= 5050
+# `make server AUTH=1`: MLflow's basic-auth app. Users and permissions live in SERVER_AUTH_DB; the
+# admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD or the file ADMIN_PASSWORD_FILE (never the
+# command line or the repo); jobs log in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
+AUTH ?=
+SERVER_AUTH_DB ?= sqlite:///$(CURDIR)/mlruns/server-auth.db
+SERVER_AUTH_INI ?= $(CURDIR)/mlruns/server-auth.ini
+ADMIN_PASSWORD_FILE ?=
 # What `make serve` serves, and where
 MODEL  ?= models:/fer@champion
 SERVE_PORT ?= 5001
@@ -56,9 +63,20 @@ ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=,
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
 	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
 
-server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=)
+server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=, AUTH=1)
+ifeq ($(AUTH),)
 	$(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
 		--host $(HOST) --port $(SERVER_PORT)
+else
+	@mkdir -p $(dir $(SERVER_AUTH_INI))
+	@printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = %s\nadmin_username = admin\n' '$(SERVER_AUTH_DB)' > $(SERVER_AUTH_INI)
+	@password="$${MLFLOW_AUTH_ADMIN_PASSWORD:-$$(cat '$(ADMIN_PASSWORD_FILE)' 2>/dev/null)}"; \
+	if [ -z "$$password" ]; then echo "make server AUTH=1: set MLFLOW_AUTH_ADMIN_PASSWORD or ADMIN_PASSWORD_FILE=<file> (the admin's password, 12+ characters)" >&2; exit 2; fi; \
+	secret="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))')}"; \
+	MLFLOW_AUTH_CONFIG_PATH=$(SERVER_AUTH_INI) MLFLOW_AUTH_ADMIN_PASSWORD="$$password" MLFLOW_FLASK_SERVER_SECRET_KEY="$$secret" \
+	exec $(BIN)/mlflow server --app-name basic-auth --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
+		--host $(HOST) --port $(SERVER_PORT)
+endif
 
 serve: install ## REST predictions from MODEL (default models:/fer@champion) on http://127.0.0.1:5001/invocations
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(STORE)/mlflow.db \

@@ -135,8 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
         print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass tracking_dir=", file=sys.stderr)
         return 2
-    tracking.connect(uri)
     try:
+        tracking.connect(uri)
         sweep = find_sweep(args.experiment, args.sweep)
         text, png, link = compare(sweep, args.metric, Path(args.out_dir))
     except (CompareError, tracking.TrackingError) as e:

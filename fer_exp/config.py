@@ -71,6 +71,7 @@ CHECKS = {
     "keep_weights": (lambda v: v in ("best", "last"), "one of best, last"),
     "class_weight": (lambda v: v in ("none", "balanced"), "one of none, balanced"),
     "early_stopping.patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0 (0: off)"),
+    "tracking.outage_minutes": (lambda v: _number(v) and v >= 0, "a number of minutes >= 0"),
     "data.image_size": (lambda v: _whole(v) and v >= 16, "a whole number of pixels >= 16"),
     "data.limit_per_class": (lambda v: v is None or (_whole(v) and v >= 1), "null or a whole number >= 1"),
 }

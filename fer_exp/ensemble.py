@@ -140,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from fer_exp import sweep
 
-    tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
     try:
+        tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
         parent = compare.find_sweep(args.experiment, args.sweep)
         run = log_ensemble(parent["run_id"], args.metric, args.select, int(args.top_k), int(args.tta))
     except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:

@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> float | None:
     machine.use_onednn(cfg.model.name)  # before TensorFlow loads
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
+    from fer_exp.tracking import AccessError
     from fer_exp.train import train
 
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
@@ -54,7 +55,7 @@ def main(cfg: DictConfig) -> float | None:
         if not os.environ.get(REMOTE_ENV):  # on a cluster worker only this job stops; the driver ends the sweep
             sweep.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
-    except DataError as e:
+    except (DataError, AccessError) as e:
         # A user error: the message says what to fix; a traceback would only hide it.
         log.error("job %s: %s", run_name, e)
         if not multirun:

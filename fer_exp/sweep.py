@@ -30,7 +30,11 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         t = config.tracking
-        exp_id = tracking.configure(t.uri, t.dir, t.experiment)
+        try:
+            exp_id = tracking.configure(t.uri, t.dir, t.experiment)
+        except tracking.AccessError as e:  # before any job starts
+            log.error("%s", e)
+            sys.exit(2)
         tags = {
             tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
             tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),

@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -24,6 +25,8 @@ from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+
+from fer_exp.outbox import Outbox, answers
 
 if TYPE_CHECKING:
     import keras
@@ -66,8 +69,36 @@ def resolve_uri(uri: str | None, directory: str | Path = "mlruns") -> str:
     return uri or os.environ.get("MLFLOW_TRACKING_URI") or store_uris(directory)[0]
 
 
+class AccessError(MlflowException):
+    """The tracking server refused fer_exp's credentials (or their absence)."""
+
+
+USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's own variables
+
+
+def is_server(uri: str | None) -> bool:
+    return bool(uri) and uri.startswith(("http://", "https://"))
+
+
+def check_access(uri: str) -> None:
+    """For a tracking server: one read, so that missing or wrong credentials fail now, saying what
+    to set, and not after an hour of training. Raises AccessError."""
+    if not is_server(uri):
+        return
+    try:
+        MlflowClient(uri).search_experiments(max_results=1)
+    except MlflowException as e:
+        if e.get_http_status_code() not in (401, 403):
+            raise
+        user = os.environ.get(USER)
+        why = (f"it refused user {user!r}: check {PASSWORD}" if user and os.environ.get(PASSWORD)
+               else f"it needs a user: set {USER} and {PASSWORD}")
+        raise AccessError(f"the tracking server {uri} requires authentication and {why} (an account its admin created; docs/cluster.md)") from None
+
+
 def connect(uri: str) -> None:
     """Point MLflow at an existing store or server (configure() also selects an experiment)."""
+    check_access(uri)
     mlflow.set_tracking_uri(uri)
 
 
@@ -77,6 +108,7 @@ def configure(uri: str | None, directory: str | Path = "mlruns", experiment: str
     if not uri:
         Path(directory).mkdir(parents=True, exist_ok=True)
         uri, artifacts = store_uris(directory)
+    check_access(uri)
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location=artifacts)
@@ -104,31 +136,96 @@ def placement() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None, parent: str | None = None) -> Iterator[str]:
+def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None, parent: str | None = None, spool: tuple[Path, float] | None = None) -> Iterator[str]:
     """A run (nested under `parent`, else under the sweep's parent when there is one) with params and tags.
 
     Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
+    spool=(folder, minutes), on a tracking server: the run's records wait in folder/<run id> while
+    the server does not answer, up to `minutes`, and then stay there for `python -m fer_exp.sync`.
     """
+    global _outbox
     parent = parent or os.environ.get(PARENT_ENV)
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
     experiment = MlflowClient().get_run(parent).info.experiment_id if parent else None  # the parent's, else the active one
-    with mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment) as run:
-        mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
-        mlflow.log_text(config_yaml, "config.yaml")
-        mlflow.log_text(environment(), "environment.txt")
-        try:
-            yield run.info.run_id
-        except KeyboardInterrupt:
-            mlflow.set_tag(TAG_STOP, "interrupted")
-            mlflow.end_run("KILLED")
-            raise
-        except Exception as e:
-            mlflow.set_tag(TAG_ERROR, f"{type(e).__name__}: {e}"[:5000])
-            mlflow.log_text(traceback.format_exc(), "error.txt")
-            raise
+    run_id = mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment).info.run_id
+    uri = mlflow.get_tracking_uri()
+    if spool and is_server(uri):
+        record = {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}
+        _outbox = Outbox(Path(spool[0]) / run_id, record, _send, lambda: answers(uri), 60 * spool[1])
+    status = "FINISHED"
+    try:
+        with _fail_fast() if _outbox else contextlib.nullcontext():
+            _deliver("log_params", params={k: str(v)[:6000] for k, v in params.items()})
+            log_text(config_yaml, "config.yaml")
+            log_text(environment(), "environment.txt")
+            try:
+                yield run_id
+            except KeyboardInterrupt:
+                set_tags({TAG_STOP: "interrupted"})
+                status = "KILLED"
+                raise
+            except Exception as e:
+                set_tags({TAG_ERROR: f"{type(e).__name__}: {e}"[:5000]})
+                log_text(traceback.format_exc(), "error.txt")
+                status = "FAILED"
+                raise
+    finally:
+        _end_run(status)
+
+
+# --- tracking outages: a job's records wait in its outbox (outbox.py) while the server is away ---
+
+_outbox: Outbox | None = None  # the active job run's, on a tracking server
+SPOOLED = "fer_exp: the tracking server stayed away"  # how the message on a spooled run begins
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """During a job on a server, MLflow retries a failed request twice, 1 s apart (by default 7 times
+    with exponential backoff: ~4 min of blocking per call), so that the outbox takes over at once.
+    Values set in the environment win."""
+    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    added = [k for k in defaults if k not in os.environ]
+    os.environ.update({k: defaults[k] for k in added})
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
+def _deliver(call: str, /, **kwargs) -> None:
+    """Send a call on the active run now, or through the job's outbox when there is one."""
+    if _outbox is None:
+        _send(call, kwargs)
+    else:
+        _outbox.deliver(call, **kwargs)
+
+
+def _send(call: str, kwargs: dict) -> None:
+    _SENDERS[call](**kwargs)
+
+
+def _end_run(status: str) -> None:
+    """End the active run; with an outbox, first send what waits in it (waiting for the server up to
+    its limit). If it stays away, the end goes to the spool too and a message names the folder."""
+    global _outbox
+    box, _outbox = _outbox, None
+    if box is None or box.close():
+        mlflow.end_run(status)
+        return
+    box.deliver("end_run", status=status)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    try:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status)  # clears the active run (then fails to reach the server)
+    finally:
+        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
+    log.error("%s for %.0f min: run %s %s is kept in %s, its model and checkpoint included. Once the server answers, "
+              "upload it with: python -m fer_exp.sync %s", SPOOLED, box.limit_s / 60, box.run["run_id"], status, box.folder, box.folder.parent)
 
 
 def environment() -> str:
@@ -145,7 +242,7 @@ def environment() -> str:
 
 
 def set_tags(tags: dict[str, str]) -> None:
-    mlflow.set_tags(tags)
+    _deliver("set_tags", tags=tags)
 
 
 def record(run, history_metric: str | None = None) -> dict:
@@ -195,24 +292,33 @@ def note_reused(run_id: str) -> None:
 
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
-    mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    # the time they were measured, also when an outage delays them
+    _deliver("log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, timestamp=int(time.time() * 1000))
 
 
 def log_text(text: str, path: str) -> None:
-    mlflow.log_text(text, path)
+    _deliver("log_text", text=text, artifact_file=path)
 
 
 def log_dict(data: dict, path: str) -> None:
-    mlflow.log_dict(data, path)
+    _deliver("log_dict", dictionary=data, artifact_file=path)
 
 
 def log_files(paths: list[str | Path], folder: str | None = None) -> None:
+    _deliver("log_files", paths=[Path(p) for p in paths], folder=folder)
+
+
+def _log_files(paths: list[Path], folder: str | None) -> None:
     for p in paths:
         mlflow.log_artifact(str(p), folder)
 
 
 def log_dataset(name: str, source: str, digest: str, context: str) -> None:
     """Record a split as an MLflow dataset input, identified by its file-list digest."""
+    _deliver("log_dataset", name=name, source=source, digest=digest, context=context)
+
+
+def _log_dataset(name: str, source: str, digest: str, context: str) -> None:
     dataset = MetaDataset(_Source(source), name=name, digest=digest[:36])
     for attempt in range(3):
         try:
@@ -229,6 +335,10 @@ def log_dataset(name: str, source: str, digest: str, context: str) -> None:
 def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -> None:
     """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model), with `metadata`
     (e.g. its class names) in its MLmodel file."""
+    _deliver("log_keras_model", model=model, example=example, metadata=metadata)
+
+
+def _log_keras_model(model: keras.Model, example, metadata: dict | None) -> None:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -243,9 +353,40 @@ def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -
 
 def load_logged_model(uri: str, tracking_uri: str) -> tuple[keras.Model, dict]:
     """(the Keras model, its MLmodel metadata) of an MLflow model URI (runs:/..., models:/...)."""
-    mlflow.set_tracking_uri(tracking_uri)
+    connect(tracking_uri)
     metadata = mlflow.models.get_model_info(uri).metadata or {}
     return mlflow.keras.load_model(uri), metadata
+
+
+# What a job's run records, by name: what the outbox queues and fer_exp.sync replays on the run.
+_SENDERS = {
+    "log_params": mlflow.log_params, "set_tags": mlflow.set_tags, "log_metrics": mlflow.log_metrics, "log_text": mlflow.log_text,
+    "log_dict": mlflow.log_dict, "log_files": _log_files, "log_dataset": _log_dataset, "log_keras_model": _log_keras_model, "end_run": mlflow.end_run,
+}
+
+
+def replay(folder: Path) -> dict:
+    """Send a spooled run's calls (outbox.py) to the server it was on (or MLFLOW_TRACKING_URI when
+    set), on the same run, in order, and remove the folder. Returns the run's record."""
+    from fer_exp.outbox import RUN, read_calls, unpack, write_calls
+
+    run = json.loads((folder / RUN).read_text())
+    connect(os.environ.get("MLFLOW_TRACKING_URI") or run["tracking_uri"])
+    calls, status = read_calls(folder), "FAILED"  # an interrupted sync leaves the run FAILED and the rest queued
+    mlflow.start_run(run_id=run["run_id"])
+    try:
+        client = MlflowClient()
+        if client.get_run(run["run_id"]).data.tags.get(TAG_ERROR) == LOST:
+            client.delete_tag(run["run_id"], TAG_ERROR)  # its sweep ended while it was spooled: it was not lost
+        while calls and calls[0][0] != "end_run":
+            _send(calls[0][0], unpack(calls[0][1], folder))
+            calls.pop(0)
+            write_calls(folder, calls)  # a second sync goes on where this one stopped
+        status = unpack(calls[0][1], folder)["status"] if calls else "FINISHED"
+    finally:
+        mlflow.end_run(status)
+    shutil.rmtree(folder)
+    return get_record(run["run_id"])
 
 
 class _Source(DatasetSource):

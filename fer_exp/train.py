@@ -161,7 +161,8 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
     where = machine.describe(c["precision"])  # the CPU, and the precision and kernels chosen for it
     tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()})
-    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags) as run_id, search.trial_for(c) as trial:
+    spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
+    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags, spool=spool) as run_id, search.trial_for(c) as trial:
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(c["data"], seed=c["seed"])
         classes, train_split, val_split = list(c["data"]["classes"]), splits["train"], splits["validation"]

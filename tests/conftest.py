@@ -7,6 +7,7 @@ Tests that start processes (the runner, servers, a browser, a Ray cluster) are m
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -168,6 +169,21 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
         except OSError:
             time.sleep(1)
     raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
+    """A long-running process in its own process group (killed with everything it started)."""
+    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**user_env(), **(env or {})})
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
 
 
 def make_command(target: str, **variables) -> str:

@@ -14,7 +14,7 @@ import keras
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, cli, free_port, make_command, run_cli, user_env, wait_http
+from conftest import ROOT, cli, free_port, make_command, run_cli, start, stop, user_env, wait_http
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the cluster extra is not installed")
 pytestmark = pytest.mark.slow
@@ -22,21 +22,6 @@ pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
 # Notice a dead node in ~2 s instead of Ray's default ~30 s
 FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
-
-
-def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
-    """A long-running process in its own process group (killed with everything it started)."""
-    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**user_env(), **(env or {})})
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(30)
 
 
 def wait_started(node: subprocess.Popen, log: Path, timeout: float = 120) -> None:

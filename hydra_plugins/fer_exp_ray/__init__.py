@@ -8,7 +8,7 @@ Differences from hydra-ray-launcher's own launcher:
   original raised at the first lost job and so abandoned the rest;
 - the sweep folder is the driver's absolute one, not resolved again on each worker
   (its own clock for `${now:}`, its own working directory);
-- jobs get the sweep's parent run, its Optuna study and FER_EXP_REMOTE through Ray's runtime environment:
+- jobs get the sweep's parent run, its Optuna study, MLflow's credentials and FER_EXP_REMOTE through Ray's runtime environment:
   fer_exp.run then works in the driver's folder, and fer_exp.data does not fall back
   to the synthetic set when the node lacks the data;
 - no object-store size is forced, which Ray refuses when joining a running cluster.
@@ -47,7 +47,7 @@ class FaultTolerantRayLauncher(Launcher):
 
         from fer_exp.data import REMOTE_ENV
         from fer_exp.search import STUDY_ENV
-        from fer_exp.tracking import PARENT_ENV
+        from fer_exp.tracking import PARENT_ENV, PASSWORD, USER
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
@@ -56,7 +56,8 @@ class FaultTolerantRayLauncher(Launcher):
         init = OmegaConf.to_container(self.ray_cfg.init, resolve=True)
         env = init.setdefault("runtime_env", {}).setdefault("env_vars", {})
         env[REMOTE_ENV] = "ray"
-        for name in (PARENT_ENV, STUDY_ENV):  # the sweep's parent run, and its Optuna study (pruning)
+        # the sweep's parent run, its Optuna study (pruning), the tracking server's credentials
+        for name in (PARENT_ENV, STUDY_ENV, USER, PASSWORD):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         start_ray(OmegaConf.create(init))

@@ -1,0 +1,51 @@
+"""Upload the runs that a tracking-server outage left in spool folders (see outbox.py).
+
+    python -m fer_exp.sync [spool=mlruns/spool] [tracking_uri=http://...]
+
+spool= is a spool folder (mlruns/spool/<run id>) or the folder that holds them. Each run's
+records go, in order, to the same run on the server it was on (or tracking_uri, or
+MLFLOW_TRACKING_URI), which then ends as the job did (FINISHED, FAILED, KILLED) and looks like any
+other run. An uploaded folder is removed; one that fails stays, and a second sync goes on from
+where the first stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+DEFAULTS = {"spool": "mlruns/spool", "tracking_uri": None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
+    if unknown := sorted(set(args) - set(DEFAULTS)):
+        print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
+        return 2
+    from fer_exp import tracking
+    from fer_exp.outbox import RUN
+
+    root = Path(args.spool)
+    folders = [root] if (root / RUN).exists() else sorted(p.parent for p in root.glob(f"*/{RUN}"))
+    if not folders:
+        print(f"nothing to upload: no spooled run in {root.resolve()}")
+        return 0
+    if args.tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = args.tracking_uri
+    failed = 0
+    for folder in folders:
+        try:
+            run = tracking.replay(folder)
+        except Exception as e:  # the server away again, refused credentials: keep the folder, say why
+            print(f"error: {folder}: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"uploaded run {run['run_id']} ({run['name']}, {run['status']}) to {tracking.resolve_uri(None)}; removed {folder}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,259 @@
+"""A team's tracking server (`make server`) that goes away and comes back, or never does, and
+one that lets in only its users (AUTH=1). Real servers on free loopback ports, on PostgreSQL
+where .ci/run sets FER_EXP_TEST_POSTGRES, else SQLite; the outbox itself on fakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, cli, free_port, run_cli, start, stop, user_env, wait_http, write_folders
+from fer_exp.outbox import CALLS, RUN, Outbox, read_calls, unpack
+
+# --- the outbox, on a fake server -------------------------------------------------------
+
+
+class FakeServer:
+    def __init__(self):
+        self.up, self.received = True, []
+
+    def send(self, name, kwargs):
+        if not self.up:
+            raise ConnectionError("refused")
+        if name == "bad":
+            raise ValueError("a real error")
+        self.received.append((name, kwargs))
+
+
+def test_calls_wait_on_disk_in_order_while_the_server_is_away_and_go_when_it_answers(tmp_path):
+    server = FakeServer()
+    box = Outbox(tmp_path / "spool" / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=600)
+    box.deliver("log_metrics", metrics={"loss": 1.0}, step=0)
+    assert server.received == [("log_metrics", {"metrics": {"loss": 1.0}, "step": 0})] and not box.folder.exists()
+
+    server.up = False
+    checkpoint = tmp_path / "last.keras"
+    checkpoint.write_text("epoch 2")
+    box.deliver("log_metrics", metrics={"loss": 0.5}, step=1)
+    box.deliver("log_files", paths=[checkpoint], folder="checkpoint")
+    checkpoint.write_text("epoch 3")  # the next epoch overwrites it; the queued call keeps epoch 2's
+    box.deliver("set_tags", tags={"a": "b"})
+    assert len(server.received) == 1 and box.queued == 3
+    assert json.loads((box.folder / RUN).read_text()) == {"run_id": "run1"} and len((box.folder / CALLS).read_text().splitlines()) == 3
+
+    server.up = True
+    assert box.flush() and not box.folder.exists()
+    assert [name for name, _ in server.received] == ["log_metrics", "log_metrics", "log_files", "set_tags"]
+    _, files = server.received[2]
+    assert files["paths"][0].name == "last.keras" and files["folder"] == "checkpoint"
+
+
+def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
+    import numpy as np
+
+    server = FakeServer()
+    server.up = False
+    box = Outbox(tmp_path / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=0.2)
+    box.deliver("log_keras_like", example=np.arange(3.0), metadata={"classes": ["a", "b"]})
+    box.deliver("end_run", status="FINISHED")
+    time.sleep(0.3)
+    assert not box.close(wait_s=0.05) and box.gave_up()
+    server.up = True
+    assert not box.flush()  # past the limit the job no longer tries; fer_exp.sync does
+    (first, packed), (last, end) = read_calls(box.folder)
+    kwargs = unpack(packed, box.folder)
+    assert first == "log_keras_like" and kwargs["example"].tolist() == [0.0, 1.0, 2.0] and kwargs["metadata"] == {"classes": ["a", "b"]}
+    assert (last, unpack(end, box.folder)) == ("end_run", {"status": "FINISHED"})
+
+
+def test_an_error_from_a_server_that_answers_is_raised_not_queued(tmp_path):
+    server = FakeServer()
+    box = Outbox(tmp_path / "run1", {}, server.send, lambda: server.up, limit_s=600)
+    with pytest.raises(ValueError, match="a real error"):
+        box.deliver("bad")
+    assert not box.queued and not box.folder.exists()
+
+
+# --- real servers -------------------------------------------------------------------------
+
+
+class Server:
+    """`make server` on a free loopback port, to be stopped and started again on the same database."""
+
+    def __init__(self, tmp: Path, **make_vars):
+        self.tmp, self.port = tmp, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        db = os.environ.get("FER_EXP_TEST_POSTGRES") or f"sqlite:///{tmp / 'server.db'}"
+        self.vars = {"SERVER_DB": db, "SERVER_ARTIFACTS": tmp / "served", "SERVER_PORT": self.port, **make_vars}
+        self.env, self.proc, self.starts = {}, None, 0
+
+    def start(self, env=None):
+        self.starts += 1
+        command = ["make", "-s", "server", *(f"{k}={v}" for k, v in self.vars.items())]
+        self.proc = start(command, self.tmp / f"server{self.starts}.log", env=env or self.env)
+        wait_http(f"{self.url}/health", self.proc)
+        return self
+
+    def stop(self):
+        stop(self.proc)
+
+
+@pytest.fixture
+def servers():
+    """new(tmp, **make_vars) -> a Server; every one is stopped at the end."""
+    made = []
+    yield lambda *a, **kw: made.append(Server(*a, **kw)) or made[-1]
+    for server in made:
+        if server.proc:
+            server.stop()
+
+
+def server_runs(url: str, experiment: str = "fer_exp", query: str = ""):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(url)
+    exp = client.get_experiment_by_name(experiment)
+    return client, client.search_runs([exp.experiment_id], query, max_results=100) if exp else []
+
+
+def wait_for_epoch(url: str, epoch: int, job_filter: str, proc: subprocess.Popen, timeout: float = 300) -> None:
+    """Wait until a job run matching job_filter has checkpointed `epoch` epochs on the server."""
+    deadline = time.time() + timeout
+    while True:
+        _, runs = server_runs(url, query=f"tags.`fer_exp.checkpoint_epoch` = '{epoch}' and {job_filter}")
+        if runs:
+            return
+        assert time.time() < deadline and proc.poll() is None, "the job did not checkpoint its epoch"
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, servers):
+    """The server is stopped for ~30 s during the first job's second epoch and started again on the
+    same database: both jobs end FINISHED with every epoch's metrics and their model on the server."""
+    import mlflow
+
+    server = servers(tmp_path).start()
+    args = ["-m", "model=shallow", "lr=1e-4,1e-3", "debug=small", "epochs=8", "tracking=server", f"tracking.uri={server.url}"]
+    sweep = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
+    try:
+        wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", sweep)
+        server.stop()
+        down = time.time()
+        time.sleep(30)
+        up = time.time()
+        server.start()
+        out = sweep.communicate(timeout=600)[0]
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, out[-4000:]
+    assert "2 job(s), 0 not finished" in out and "the tracking server answers again" in out
+    client, runs = server_runs(server.url, query=f"tags.`fer_exp.sweep_dir` = '{tmp_path / 'sweep'}'")
+    (parent,) = runs
+    _, children = server_runs(server.url, query=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert parent.info.status == "FINISHED" and [r.info.status for r in children] == ["FINISHED"] * 2
+    mlflow.set_tracking_uri(server.url)
+    during = []
+    for run in children:
+        rid = run.info.run_id
+        for metric in ("val_accuracy", "loss", "lr"):
+            assert sorted(m.step for m in client.get_metric_history(rid, metric)) == list(range(8)), (run.info.run_name, metric)
+        assert run.data.tags["fer_exp.checkpoint_epoch"] == "8" and "best_val_accuracy" in run.data.metrics
+        assert mlflow.models.get_model_info(f"runs:/{rid}/model").metadata["classes"]  # the MLflow model
+        assert {f.path for f in client.list_artifacts(rid)} >= {"model.h5", "checkpoint", "curves.png"}
+        during += [m for m in client.get_metric_history(rid, "loss") if down * 1000 < m.timestamp < up * 1000]
+    assert during, "no epoch ended while the server was away: the job did not train on"
+    assert not list((tmp_path / "mlruns" / "spool").glob("*"))  # everything was sent
+
+    again = run_cli(tmp_path, *args, "resume=true")  # resume after the outage: both FINISHED runs are found
+    assert again.returncode == 0 and "2 job(s) already FINISHED earlier, reused" in again.stdout, (again.stdout + again.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_path, servers):
+    import mlflow
+
+    server = servers(tmp_path).start()
+    spool = tmp_path / "spool"
+    args = ["debug=small", "epochs=4", "tracking=server", f"tracking.uri={server.url}", "tracking.outage_minutes=0.1", f"tracking.spool_dir={spool}"]
+    job = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
+    try:
+        wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", job)
+        server.stop()
+        out = job.communicate(timeout=600)[0]
+    finally:
+        job.kill()
+    assert job.returncode == 0, out[-4000:]  # training finished; nothing is lost
+    (folder,) = [p for p in spool.iterdir() if (p / RUN).exists()]
+    assert f"is kept in {folder}" in out and f"python -m fer_exp.sync {spool}" in out
+    assert list(folder.rglob("model.keras")) and list(folder.rglob("last.keras"))  # the model and the checkpoint
+
+    server.start()  # a server is up again, on the same database
+    sync = subprocess.run([sys.executable, "-m", "fer_exp.sync", f"spool={spool}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=600)
+    assert sync.returncode == 0 and f"uploaded run {folder.name}" in sync.stdout, (sync.stdout + sync.stderr)[-3000:]
+    assert not folder.exists()
+    client = mlflow.tracking.MlflowClient(server.url)
+    run = client.get_run(folder.name)
+    assert run.info.status == "FINISHED" and run.data.tags["fer_exp.stop_reason"] == "epochs" and "best_val_accuracy" in run.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(folder.name, "val_accuracy")) == [0, 1, 2, 3]
+    assert run.data.tags["fer_exp.checkpoint_epoch"] == "4" and run.data.tags["fer_exp.kept_weights"].startswith("best epoch")
+    mlflow.set_tracking_uri(server.url)
+    assert mlflow.models.get_model_info(f"runs:/{folder.name}/model").metadata["classes"]
+    write_folders(tmp_path / "faces", per_class=2, splits=("validation",))
+    ev = subprocess.run([sys.executable, "-m", "fer_exp.evaluate", f"model=runs:/{folder.name}/model", f"data_dir={tmp_path / 'faces' / 'validation'}", f"tracking_uri={server.url}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=600)
+    assert ev.returncode == 0, (ev.stdout + ev.stderr)[-3000:]
+
+
+@pytest.mark.slow
+def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(tmp_path, servers):
+    admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(16)}
+    server = servers(tmp_path, AUTH=1, SERVER_AUTH_DB=f"sqlite:///{tmp_path / 'auth.db'}", SERVER_AUTH_INI=tmp_path / "auth.ini")
+    server.start(env={"MLFLOW_AUTH_ADMIN_PASSWORD": admin["MLFLOW_TRACKING_PASSWORD"]})  # from the environment, not the command line
+    try:
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
+        assert refused.value.code == 401
+
+        from mlflow.server import get_app_client
+
+        users = {"fer": secrets.token_urlsafe(16), "viewer": secrets.token_urlsafe(16)}
+        os.environ.update(admin)
+        try:
+            auth = get_app_client("basic-auth", tracking_uri=server.url)
+            for name, password in users.items():
+                auth.create_user(name, password)  # default_permission READ: a user may read all, write only what it made
+        finally:
+            for k in admin:
+                os.environ.pop(k)
+
+        experiment = f"auth-{uuid.uuid4().hex[:8]}"
+        args = ["-m", "model=shallow", "lr=1e-4,1e-3", "debug=tiny", "tracking=server", f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
+        creds = {"MLFLOW_TRACKING_USERNAME": "fer", "MLFLOW_TRACKING_PASSWORD": users["fer"]}
+        ok = subprocess.run(cli(tmp_path / "ok", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds}, timeout=900)
+        assert ok.returncode == 0 and "2 job(s), 0 not finished" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
+
+        wrong = subprocess.run(cli(tmp_path / "wrong", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds, "MLFLOW_TRACKING_PASSWORD": "not-it"}, timeout=900)
+        text = wrong.stdout + wrong.stderr
+        assert wrong.returncode != 0 and "refused user 'fer': check MLFLOW_TRACKING_PASSWORD" in text, text[-3000:]
+        assert "Epoch 1" not in text and "Traceback" not in text
+        nobody = subprocess.run([sys.executable, "-m", "fer_exp.compare", f"tracking_uri={server.url}", f"experiment={experiment}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=300)
+        assert nobody.returncode == 2 and "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in nobody.stderr, nobody.stderr[-3000:]
+
+        os.environ.update({"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]})
+        client, runs = server_runs(server.url, experiment)
+        assert len(runs) == 3  # the parent and its 2 jobs: the viewer reads them; the wrong password added none
+        with pytest.raises(Exception, match="403|PERMISSION_DENIED"):
+            client.set_tag(runs[0].info.run_id, "viewer", "was here")  # and cannot change them
+    finally:
+        for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            os.environ.pop(k, None)
