@@ -26,7 +26,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fer_exp.outbox import Outbox, answers
+from fer_exp.outbox import RUN, Outbox, answers, read_calls, unpack, write_calls
 
 if TYPE_CHECKING:
     import keras
@@ -157,7 +157,8 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
         _outbox = Outbox(Path(spool[0]) / run_id, record, _send, lambda: answers(uri), 60 * spool[1])
     status = "FINISHED"
     try:
-        with _fail_fast() if _outbox else contextlib.nullcontext():
+        # with an outbox, a failed call is retried twice, 1 s apart, and then the outbox takes over
+        with _retries(2, 1) if _outbox else contextlib.nullcontext():
             _deliver("log_params", params={k: str(v)[:6000] for k, v in params.items()})
             log_text(config_yaml, "config.yaml")
             log_text(environment(), "environment.txt")
@@ -179,22 +180,23 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
 # --- tracking outages: a job's records wait in its outbox (outbox.py) while the server is away ---
 
 _outbox: Outbox | None = None  # the active job run's, on a tracking server
-SPOOLED = "fer_exp: the tracking server stayed away"  # how the message on a spooled run begins
 
 
 @contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
-    """During a job on a server, MLflow retries a failed request twice, 1 s apart (by default 7 times
-    with exponential backoff: ~4 min of blocking per call), so that the outbox takes over at once.
-    Values set in the environment win."""
-    defaults = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
-    added = [k for k in defaults if k not in os.environ]
-    os.environ.update({k: defaults[k] for k in added})
+def _retries(max_retries: int, backoff_factor: int, override: bool = False) -> Iterator[None]:
+    """MLflow's HTTP retries inside the block; values set in the environment win unless `override`.
+    (MLflow's defaults, 7 retries with backoff factor 2, block a failing call for ~4 minutes.)"""
+    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor)}
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update({k: v for k, v in values.items() if override or saved[k] is None})
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _deliver(call: str, /, **kwargs) -> None:
@@ -218,14 +220,10 @@ def _end_run(status: str) -> None:
         mlflow.end_run(status)
         return
     box.deliver("end_run", status=status)
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    try:
-        with contextlib.suppress(Exception):
-            mlflow.end_run(status)  # clears the active run (then fails to reach the server)
-    finally:
-        os.environ.pop("MLFLOW_HTTP_REQUEST_MAX_RETRIES", None)
-    log.error("%s for %.0f min: run %s %s is kept in %s, its model and checkpoint included. Once the server answers, "
-              "upload it with: python -m fer_exp.sync %s", SPOOLED, box.limit_s / 60, box.run["run_id"], status, box.folder, box.folder.parent)
+    with _retries(0, 0, override=True), contextlib.suppress(Exception):
+        mlflow.end_run(status)  # clears the active run (then fails to reach the server)
+    log.error("the tracking server stayed away for %g min: run %s %s is kept in %s, its model and checkpoint included. Once the "
+              "server answers, upload it with: python -m fer_exp.sync spool=%s", box.limit_s / 60, box.run["run_id"], status, box.folder, box.folder.parent)
 
 
 def environment() -> str:
@@ -368,11 +366,9 @@ _SENDERS = {
 def replay(folder: Path) -> dict:
     """Send a spooled run's calls (outbox.py) to the server it was on (or MLFLOW_TRACKING_URI when
     set), on the same run, in order, and remove the folder. Returns the run's record."""
-    from fer_exp.outbox import RUN, read_calls, unpack, write_calls
-
     run = json.loads((folder / RUN).read_text())
     connect(os.environ.get("MLFLOW_TRACKING_URI") or run["tracking_uri"])
-    calls, status = read_calls(folder), "FAILED"  # an interrupted sync leaves the run FAILED and the rest queued
+    calls, status = read_calls(folder), "FAILED"  # a sync that fails leaves the run FAILED and the rest queued
     mlflow.start_run(run_id=run["run_id"])
     try:
         client = MlflowClient()
@@ -382,7 +378,8 @@ def replay(folder: Path) -> dict:
             _send(calls[0][0], unpack(calls[0][1], folder))
             calls.pop(0)
             write_calls(folder, calls)  # a second sync goes on where this one stopped
-        status = unpack(calls[0][1], folder)["status"] if calls else "FINISHED"
+        # no end: the job died during the outage; KILLED with a checkpoint, resume=true continues it
+        status = unpack(calls[0][1], folder)["status"] if calls else "KILLED"
     finally:
         mlflow.end_run(status)
     shutil.rmtree(folder)

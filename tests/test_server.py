@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, cli, free_port, run_cli, start, stop, user_env, wait_http, write_folders
+from conftest import ROOT, cli, free_port, run_cli, start, stop, user_env, wait_http
 from fer_exp.outbox import CALLS, RUN, Outbox, read_calls, unpack
 
 # --- the outbox, on a fake server -------------------------------------------------------
@@ -148,16 +148,16 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
     sweep = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
     try:
         wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", sweep)
-        server.stop()
         down = time.time()
-        time.sleep(30)
+        server.stop()
+        time.sleep(max(0.0, 30 - (time.time() - down)))
         up = time.time()
         server.start()
         out = sweep.communicate(timeout=600)[0]
     finally:
         sweep.kill()
     assert sweep.returncode == 0, out[-4000:]
-    assert "2 job(s), 0 not finished" in out and "the tracking server answers again" in out
+    assert "2 job(s), 0 not finished" in out and "does not answer; training goes on" in out and "the tracking server answers again" in out
     client, runs = server_runs(server.url, query=f"tags.`fer_exp.sweep_dir` = '{tmp_path / 'sweep'}'")
     (parent,) = runs
     _, children = server_runs(server.url, query=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -172,7 +172,7 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
         assert mlflow.models.get_model_info(f"runs:/{rid}/model").metadata["classes"]  # the MLflow model
         assert {f.path for f in client.list_artifacts(rid)} >= {"model.h5", "checkpoint", "curves.png"}
         during += [m for m in client.get_metric_history(rid, "loss") if down * 1000 < m.timestamp < up * 1000]
-    assert during, "no epoch ended while the server was away: the job did not train on"
+    assert during, f"no epoch ended while the server was away ({down:.1f}-{up:.1f}): the job did not train on"
     assert not list((tmp_path / "mlruns" / "spool").glob("*"))  # everything was sent
 
     again = run_cli(tmp_path, *args, "resume=true")  # resume after the outage: both FINISHED runs are found
@@ -181,6 +181,7 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
 
 @pytest.mark.slow
 def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_path, servers):
+    import keras
     import mlflow
 
     server = servers(tmp_path).start()
@@ -195,7 +196,7 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
         job.kill()
     assert job.returncode == 0, out[-4000:]  # training finished; nothing is lost
     (folder,) = [p for p in spool.iterdir() if (p / RUN).exists()]
-    assert f"is kept in {folder}" in out and f"python -m fer_exp.sync {spool}" in out
+    assert f"is kept in {folder}" in out and f"python -m fer_exp.sync spool={spool}" in out
     assert list(folder.rglob("model.keras")) and list(folder.rglob("last.keras"))  # the model and the checkpoint
 
     server.start()  # a server is up again, on the same database
@@ -209,9 +210,8 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
     assert run.data.tags["fer_exp.checkpoint_epoch"] == "4" and run.data.tags["fer_exp.kept_weights"].startswith("best epoch")
     mlflow.set_tracking_uri(server.url)
     assert mlflow.models.get_model_info(f"runs:/{folder.name}/model").metadata["classes"]
-    write_folders(tmp_path / "faces", per_class=2, splits=("validation",))
-    ev = subprocess.run([sys.executable, "-m", "fer_exp.evaluate", f"model=runs:/{folder.name}/model", f"data_dir={tmp_path / 'faces' / 'validation'}", f"tracking_uri={server.url}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=600)
-    assert ev.returncode == 0, (ev.stdout + ev.stderr)[-3000:]
+    model = keras.models.load_model(client.download_artifacts(folder.name, "model.h5", str(tmp_path)), compile=False)
+    assert model.output_shape == (None, 7)
 
 
 @pytest.mark.slow
@@ -237,10 +237,10 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
                 os.environ.pop(k)
 
         experiment = f"auth-{uuid.uuid4().hex[:8]}"
-        args = ["-m", "model=shallow", "lr=1e-4,1e-3", "debug=tiny", "tracking=server", f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
+        args = ["-m", "model=shallow", "lr=1e-3", "debug=tiny", "tracking=server", f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
         creds = {"MLFLOW_TRACKING_USERNAME": "fer", "MLFLOW_TRACKING_PASSWORD": users["fer"]}
         ok = subprocess.run(cli(tmp_path / "ok", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds}, timeout=900)
-        assert ok.returncode == 0 and "2 job(s), 0 not finished" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
+        assert ok.returncode == 0 and "1 job(s), 0 not finished" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
 
         wrong = subprocess.run(cli(tmp_path / "wrong", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds, "MLFLOW_TRACKING_PASSWORD": "not-it"}, timeout=900)
         text = wrong.stdout + wrong.stderr
@@ -251,7 +251,7 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
 
         os.environ.update({"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]})
         client, runs = server_runs(server.url, experiment)
-        assert len(runs) == 3  # the parent and its 2 jobs: the viewer reads them; the wrong password added none
+        assert len(runs) == 2  # the sweep's parent and its job: the viewer reads them; the wrong password added none
         with pytest.raises(Exception, match="403|PERMISSION_DENIED"):
             client.set_tag(runs[0].info.run_id, "viewer", "was here")  # and cannot change them
     finally:
