@@ -41,10 +41,11 @@ class Outbox:
     at once, so that not even a crash loses them) and are sent in order once the server answers.
     After `limit_s` of outage it stops trying; the folder is then the run's spool."""
 
-    def __init__(self, folder: Path, run: dict, send: Callable[[str, dict], Any], probe: Callable[[], bool], limit_s: float):
+    def __init__(self, folder: Path, run: dict, send: Callable[[str, dict], Any], probe: Callable[[], bool], limit_s: float, probe_every_s: float = 10.0):
         self.folder, self.run, self.send, self.probe, self.limit_s = Path(folder), run, send, probe, limit_s
         self.queued = 0  # calls kept on disk and not yet sent
         self.down_since: float | None = None
+        self.probe_every_s, self.next_probe = probe_every_s, 0.0  # while it is away, the server is asked at most this often
 
     def deliver(self, call: str, /, **kwargs) -> None:
         if not self.queued:
@@ -66,7 +67,10 @@ class Outbox:
         """Send the queued calls in order if the server answers; whether none is left."""
         if not self.queued:
             return True
-        if self.gave_up() or not self.probe():
+        if self.gave_up() or time.monotonic() < self.next_probe:
+            return False
+        if not self.probe():
+            self.next_probe = time.monotonic() + self.probe_every_s
             return False
         calls = read_calls(self.folder)
         while calls:
@@ -84,24 +88,37 @@ class Outbox:
         self.down_since = None
         return True
 
-    def close(self, wait_s: float = 5.0) -> bool:
+    def close(self) -> bool:
         """At the run's end: wait for the server (up to the limit) and send everything; whether all
         was sent. If not, the folder is the run's spool and stays."""
+        said = -60.0
         while not self.flush():
             if self.gave_up():
                 return False
-            log.warning("waiting for the tracking server to send %d record(s) (%.0f s of %.0f s)", self.queued, time.monotonic() - self.down_since, self.limit_s)
-            time.sleep(wait_s)
+            away = time.monotonic() - self.down_since
+            if away - said >= 60:  # once a minute
+                log.warning("waiting for the tracking server to send %d record(s): away for %.0f s, giving up after %.0f s", self.queued, away, self.limit_s)
+                said = away
+            time.sleep(max(0.0, min(self.next_probe - time.monotonic(), self.limit_s - away)) + 0.05)
         return True
 
     def _keep(self, call: str, kwargs: dict) -> None:
         if not self.queued:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / RUN).write_text(json.dumps(self.run, indent=1))
-        packed = pack(kwargs, self.folder, f"{self.queued:05d}")
-        with (self.folder / CALLS).open("a") as f:
-            f.write(json.dumps([call, packed]) + "\n")
-        self.queued += 1
+        calls = read_calls(self.folder)
+        if call == "log_files":  # a later upload overwrites the artifacts: an unsent older copy (last epoch's checkpoint) need not go
+            for old in [c for c in calls if c[0] == "log_files" and _files_of(unpack(c[1], self.folder)) == _files_of(kwargs)]:
+                calls.remove(old)
+                shutil.rmtree(self.folder / "files" / old[2], ignore_errors=True)
+        key = f"{time.time_ns()}"
+        calls.append([call, pack(kwargs, self.folder, key), key])
+        write_calls(self.folder, calls)
+        self.queued = len(calls)
+
+
+def _files_of(kwargs: dict) -> dict:
+    return {"folder": kwargs.get("folder"), "names": sorted(p.name for p in kwargs["paths"])}
 
 
 def read_calls(folder: Path) -> list[list]:

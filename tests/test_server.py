@@ -32,12 +32,14 @@ class FakeServer:
             raise ConnectionError("refused")
         if name == "bad":
             raise ValueError("a real error")
+        if "paths" in kwargs:  # what the server would store: the files as they are when sent
+            kwargs = {**kwargs, "contents": [p.read_text() for p in kwargs["paths"]]}
         self.received.append((name, kwargs))
 
 
 def test_calls_wait_on_disk_in_order_while_the_server_is_away_and_go_when_it_answers(tmp_path):
     server = FakeServer()
-    box = Outbox(tmp_path / "spool" / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=600)
+    box = Outbox(tmp_path / "spool" / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=600, probe_every_s=0)
     box.deliver("log_metrics", metrics={"loss": 1.0}, step=0)
     assert server.received == [("log_metrics", {"metrics": {"loss": 1.0}, "step": 0})] and not box.folder.exists()
 
@@ -49,13 +51,18 @@ def test_calls_wait_on_disk_in_order_while_the_server_is_away_and_go_when_it_ans
     checkpoint.write_text("epoch 3")  # the next epoch overwrites it; the queued call keeps epoch 2's
     box.deliver("set_tags", tags={"a": "b"})
     assert len(server.received) == 1 and box.queued == 3
+    assert [c[0] for c in read_calls(box.folder)] == ["log_metrics", "log_files", "set_tags"]
+    assert (box.folder / "files").rglob("last.keras").__next__().read_text() == "epoch 2"
+    box.deliver("log_files", paths=[checkpoint], folder="checkpoint")  # epoch 3's replaces epoch 2's, which was not sent
+    assert [c[0] for c in read_calls(box.folder)] == ["log_metrics", "set_tags", "log_files"]
+    assert [p.read_text() for p in (box.folder / "files").rglob("last.keras")] == ["epoch 3"]
     assert json.loads((box.folder / RUN).read_text()) == {"run_id": "run1"} and len((box.folder / CALLS).read_text().splitlines()) == 3
 
     server.up = True
     assert box.flush() and not box.folder.exists()
-    assert [name for name, _ in server.received] == ["log_metrics", "log_metrics", "log_files", "set_tags"]
-    _, files = server.received[2]
-    assert files["paths"][0].name == "last.keras" and files["folder"] == "checkpoint"
+    assert [name for name, _ in server.received] == ["log_metrics", "log_metrics", "set_tags", "log_files"]
+    _, files = server.received[3]
+    assert files["contents"] == ["epoch 3"] and files["paths"][0].name == "last.keras" and files["folder"] == "checkpoint"
 
 
 def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
@@ -63,14 +70,14 @@ def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
 
     server = FakeServer()
     server.up = False
-    box = Outbox(tmp_path / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=0.2)
+    box = Outbox(tmp_path / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=0.2, probe_every_s=0)
     box.deliver("log_keras_like", example=np.arange(3.0), metadata={"classes": ["a", "b"]})
     box.deliver("end_run", status="FINISHED")
     time.sleep(0.3)
-    assert not box.close(wait_s=0.05) and box.gave_up()
+    assert not box.close() and box.gave_up()
     server.up = True
     assert not box.flush()  # past the limit the job no longer tries; fer_exp.sync does
-    (first, packed), (last, end) = read_calls(box.folder)
+    (first, packed, _), (last, end, _) = read_calls(box.folder)
     kwargs = unpack(packed, box.folder)
     assert first == "log_keras_like" and kwargs["example"].tolist() == [0.0, 1.0, 2.0] and kwargs["metadata"] == {"classes": ["a", "b"]}
     assert (last, unpack(end, box.folder)) == ("end_run", {"status": "FINISHED"})
