@@ -1,13 +1,16 @@
 """The best model a sweep can give: average the class probabilities of its top runs.
 
     python -m fer_exp.ensemble [sweep=<parent run id>] [top_k=5] [metric=best_val_accuracy]
-        [select=all | greedy] [tta=10] [experiment=fer_exp] [tracking_dir=mlruns | tracking_uri=http://...]
+        [runs=<run id>,<run id>,...] [select=all | greedy] [tta=10] [experiment=fer_exp] [tracking_dir=mlruns | tracking_uri=http://...]
 
 Takes the sweep's top_k FINISHED jobs (not pruned) by `metric`, builds one Keras model whose
 output is the mean of theirs, evaluates it on the members' validation split like a single run
 (single view and TTA, per-class report, confusion matrix) and logs it as a child run of the sweep
 (`ensemble top-K`, tag fer_exp.members) with model.h5, classes.json and the MLflow model, so
 that evaluate, predict, `make serve` and the registry take it like any model.
+
+runs= averages the FINISHED job runs named instead (single runs, or jobs of different sweeps):
+the ensemble is then a run of their experiment, `ensemble of N runs`, nested under no sweep.
 
 select=all (the default) averages all top_k members: nothing is fitted on validation, so its
 validation accuracy is an honest estimate. select=greedy adds members one at a time (with
@@ -29,7 +32,7 @@ from omegaconf import OmegaConf
 from fer_exp import compare, tracking
 
 log = logging.getLogger("fer_exp.ensemble")
-DEFAULTS = {"sweep": None, "top_k": 5, "metric": "best_val_accuracy", "select": "all", "tta": 10, "experiment": "fer_exp", "tracking_dir": "mlruns", "tracking_uri": None}
+DEFAULTS = {"sweep": None, "top_k": 5, "metric": "best_val_accuracy", "select": "all", "runs": None, "tta": 10, "experiment": "fer_exp", "tracking_dir": "mlruns", "tracking_uri": None}
 
 
 class EnsembleError(ValueError):
@@ -42,6 +45,17 @@ def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
     if len(done) < 2:
         raise EnsembleError(f"the sweep has {len(done)} FINISHED job(s) with {metric}; an ensemble needs at least 2")
     return sorted(done, key=lambda j: -j["metrics"][metric])[:top_k]
+
+
+def named_members(ids: list[str], metric: str) -> list[dict]:
+    """The runs named by id, which must be FINISHED jobs with `metric`, best first."""
+    if len(set(ids)) < 2:
+        raise EnsembleError(f"runs={','.join(ids)}: an ensemble needs at least 2 different run ids")
+    members = [tracking.get_record(i) for i in dict.fromkeys(ids)]
+    for m in members:
+        if m["status"] != "FINISHED" or metric not in m["metrics"] or m["tags"].get(tracking.TAG_ROLE) != "job":
+            raise EnsembleError(f"run {m['run_id']} ({m['name']}) is {m['status']}, a {m['tags'].get(tracking.TAG_ROLE)} run: members must be FINISHED job runs with {metric}")
+    return sorted(members, key=lambda j: -j["metrics"][metric])
 
 
 def check_compatible(models: list, classes: list[list[str]], ids: list[str]) -> None:
@@ -85,11 +99,10 @@ def validation_split(member: dict):
     return splits["validation"], c
 
 
-def build(sweep_id: str, top_k: int, metric: str, select: str) -> tuple:
-    """(the ensemble model, its classes, the members, the member ids it averages (with repeats), validation split, member config)."""
+def build(members: list[dict], select: str) -> tuple:
+    """(the ensemble model, its classes, the member ids it averages (with repeats), validation split, member config)."""
     from fer_exp.evaluate import evaluate, load_model
 
-    members = top_members(tracking.sweep_jobs(sweep_id), metric, top_k)
     ids = [m["run_id"] for m in members]
     loaded = [load_model(f"runs:/{i}/model") for i in ids]
     models, classes = [m for m, _ in loaded], [c for _, c in loaded]
@@ -101,21 +114,24 @@ def build(sweep_id: str, top_k: int, metric: str, select: str) -> tuple:
         picks = greedy(probs, val.labels)
     elif select != "all":
         raise EnsembleError(f"select={select!r}: use all or greedy")
-    return average(models, picks), classes[0], members, [ids[i] for i in picks], val, c
+    return average(models, picks), classes[0], [ids[i] for i in picks], val, c
 
 
-def log_ensemble(sweep_id: str, metric: str, select: str, top_k: int, tta: int) -> dict:
-    """Build, evaluate and log the ensemble as a child run of the sweep; returns its record."""
+def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select: str, top_k: int, tta: int) -> dict:
+    """Build, evaluate and log the ensemble of `members` (best first) as a child run of the sweep,
+    else as a run of the members' experiment; returns its record."""
     from fer_exp import plots
     from fer_exp.config import config_hash
     from fer_exp.evaluate import evaluate
     from fer_exp.models import CLASSES_KEY, write_classes
     from fer_exp.pipeline import to_inputs
 
-    model, classes, members, picked, val, c = build(sweep_id, top_k, metric, select)
-    name = f"ensemble top-{len(members)}" + (" greedy" if select == "greedy" else "")
+    model, classes, picked, val, c = build(members, select)
+    name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (" greedy" if select == "greedy" else "")
+    if not sweep_id:
+        tracking.use_experiment_of(members[0]["run_id"])
     settings = {"ensemble": {"sweep": sweep_id, "top_k": top_k, "metric": metric, "select": select, "members": picked}, "data": c["data"], "tta_views": tta}
-    tags = {tracking.TAG_ROLE: "ensemble", tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)), tracking.TAG_OVERRIDES: f"ensemble=top-{len(members)}{'-greedy' if select == 'greedy' else ''}"}
+    tags = {tracking.TAG_ROLE: "ensemble", tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)), tracking.TAG_OVERRIDES: name.replace("ensemble ", "ensemble=").replace(" ", "-")}
     params = {"data.register_as": c["data"].get("register_as"), "data.name": c["data"]["name"], "ensemble.top_k": top_k, "ensemble.select": select, "ensemble.size": len(picked)}
     with tempfile.TemporaryDirectory() as tmp, tracking.start_run(name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id) as run_id:
         ev = evaluate(model, val.images, val.labels, classes, tta)
@@ -142,13 +158,19 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
-        parent = compare.find_sweep(args.experiment, args.sweep)
-        run = log_ensemble(parent["run_id"], args.metric, args.select, int(args.top_k), int(args.tta))
+        if args.runs and args.sweep:
+            raise EnsembleError("pass sweep= (its top_k jobs) or runs= (these runs), not both")
+        if args.runs:
+            parent, members = None, named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric)
+        else:
+            parent = compare.find_sweep(args.experiment, args.sweep)["run_id"]
+            members = top_members(tracking.sweep_jobs(parent), args.metric, int(args.top_k))
+        run = log_ensemble(members, parent, args.metric, args.select, int(args.top_k), int(args.tta))
     except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = run["metrics"]
-    print(f"{run['name']} of sweep {parent['run_id']}: run {run['run_id']} (runs:/{run['run_id']}/model)")
+    print(f"{run['name']}{f' of sweep {parent}' if parent else ''}: run {run['run_id']} (runs:/{run['run_id']}/model)")
     print(f"members: {run['tags'][tracking.TAG_MEMBERS]}")
     print(f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; best member {m['best_member_val_accuracy']:.4f}")
     try:

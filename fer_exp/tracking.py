@@ -96,6 +96,11 @@ def check_access(uri: str) -> None:
         raise AccessError(f"the tracking server {uri} requires authentication and {why} (an account its admin created; docs/cluster.md)") from None
 
 
+def use_experiment_of(run_id: str) -> None:
+    """Make the experiment that holds `run_id` the active one (where new top-level runs go)."""
+    mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
+
+
 def connect(uri: str) -> None:
     """Point MLflow at an existing store or server (configure() also selects an experiment)."""
     check_access(uri)

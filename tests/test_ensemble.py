@@ -59,3 +59,15 @@ def test_a_sweeps_top_three_become_one_model(tmp_path, capsys):
     faces = sorted((tmp_path / "new" / "test").glob("*/*"))[:3]
     assert predict.main([uri, *map(str, faces), "--no-detect", "--tracking-dir", str(store_dir), "--out", str(tmp_path / "pred")]) == 0
     assert len([line for line in capsys.readouterr().out.splitlines() if "\tface 1/1" in line]) == 3
+    # runs= averages the runs named, wherever they come from: a top-level run, not a sweep's child
+    a, b, _ = members
+    assert ensemble.main([f"runs={a}", f"tracking_dir={store_dir}"]) == 2
+    assert "at least 2 different run ids" in capsys.readouterr().err
+    assert ensemble.main([f"runs={a},{run.info.run_id}", f"tracking_dir={store_dir}"]) == 2
+    assert "members must be FINISHED job runs" in capsys.readouterr().err
+    assert ensemble.main([f"runs={a}, {b}", f"tracking_dir={store_dir}", "tta=2"]) == 0
+    assert "ensemble of 2 runs: run" in capsys.readouterr().out
+    _, runs = store(tmp_path)
+    (pair,) = [r for r in runs if r.info.run_name == "ensemble of 2 runs"]
+    assert pair.info.status == "FINISHED" and "mlflow.parentRunId" not in pair.data.tags
+    assert set(pair.data.tags["fer_exp.members"].split(",")) == {a, b}
