@@ -1,4 +1,4 @@
-"""python -m fer_exp.ensemble: the top runs of a sweep averaged into one model that evaluate,
+"""python -m fer_exp.ensemble: the top runs of a sweep (or the runs named) averaged into one model that evaluate,
 predict, serve and the registry take like any other."""
 
 import keras
