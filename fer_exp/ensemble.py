@@ -54,7 +54,7 @@ def named_members(ids: list[str], metric: str) -> list[dict]:
     members = [tracking.get_record(i) for i in dict.fromkeys(ids)]
     for m in members:
         if m["status"] != "FINISHED" or metric not in m["metrics"] or m["tags"].get(tracking.TAG_ROLE) != "job":
-            raise EnsembleError(f"run {m['run_id']} ({m['name']}) is {m['status']}, a {m['tags'].get(tracking.TAG_ROLE)} run: members must be FINISHED job runs with {metric}")
+            raise EnsembleError(f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; members must be FINISHED job runs with {metric}")
     return sorted(members, key=lambda j: -j["metrics"][metric])
 
 
@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             parent = compare.find_sweep(args.experiment, args.sweep)["run_id"]
             members = top_members(tracking.sweep_jobs(parent), args.metric, int(args.top_k))
-        run = log_ensemble(members, parent, args.metric, args.select, int(args.top_k), int(args.tta))
+        run = log_ensemble(members, parent, args.metric, args.select, int(args.top_k) if parent else len(members), int(args.tta))
     except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
