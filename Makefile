@@ -4,6 +4,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS := $(VENV)/.installed-extras
+# uv installs exactly what uv.lock pins (`make lock` refreshes it); it lives in its own small venv
+UV_VERSION := 0.13.9
+UV     := .tools/bin/uv
+UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON) --quiet
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # The MLflow store that `make ui`, `make compare` and `make serve` read
@@ -26,23 +30,29 @@ SERVE_PORT ?= 5001
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast demo sweep ui compare server serve bench clean
+.PHONY: help install lock lint test test-fast demo sweep ui compare server serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
 
-install: $(STAMP) ## create .venv and install fer_exp with its dependencies (no test or cluster extras)
+install: $(STAMP) ## create .venv with exactly the versions uv.lock pins (no test or cluster extras)
 
-$(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV_SYNC)
+	rm -f $(EXTRAS)
 	touch $(STAMP)
 
-# the test and cluster extras (pytest, Playwright, Ray, submitit): for the tests and hydra/launcher=ray|slurm
+# the test and cluster extras (pytest, Playwright, Ray, submitit, ruff): for the tests and hydra/launcher=ray|slurm
 $(EXTRAS): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[test,cluster]'
+	$(UV_SYNC) --extra test --extra cluster
 	touch $(EXTRAS)
+
+lock: $(UV) ## re-resolve uv.lock to the newest versions pyproject.toml allows (then commit it)
+	$(UV) lock --upgrade
 
 test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
 	$(BIN)/python -m pytest
