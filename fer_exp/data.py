@@ -204,8 +204,7 @@ def load_folder_split(
     """Decode <root>/<split>/<class>/* into a Split, through the on-disk cache."""
     items = scan_folder(root, split, classes, unknown_classes)
     paths = [p for p, _ in items]
-    entries = [(p, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]]
-    digest = files_digest(entries, {"kind": "folders", "size": image_size, "classes": list(classes), "unknown": unknown_classes})
+    digest = _folder_digest(paths, image_size, classes, unknown_classes)
     cache = _cache_path(cache_dir, f"{Path(root).name}-{split}", digest)
     split_data = _read_cache(cache)
     if split_data is not None:
@@ -217,6 +216,11 @@ def load_folder_split(
     split_data = Split(images[keep], labels[keep], [p for p, k in zip(paths, ok) if k], skipped, stats, digest)
     _write_cache(cache, split_data)
     return split_data
+
+
+def _folder_digest(paths: list[str], image_size: int, classes: list[str], unknown_classes: str) -> str:
+    entries = [(p, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]]
+    return files_digest(entries, {"kind": "folders", "size": image_size, "classes": list(classes), "unknown": unknown_classes})
 
 
 # --- fer2013.csv --------------------------------------------------------------
@@ -295,14 +299,13 @@ def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes
     """
     if usage not in CSV_USAGES:
         raise DataError(f"CSV split {usage!r} is not a Usage value; use one of {', '.join(CSV_USAGES)}")
-    st = Path(path).stat() if Path(path).is_file() else None
-    entries = [(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)] if st else []
+    found = Path(path).is_file()
 
     def cache_for(u: str) -> tuple[str, Path | None]:
-        digest = files_digest(entries, {"kind": "csv", "usage": u, "size": image_size, "classes": list(classes), "csv": list(csv_classes)})
+        digest = _csv_digest(path, u, image_size, classes, csv_classes)
         return digest, _cache_path(cache_dir, f"{Path(path).stem}-{u}", digest)
 
-    split = _read_cache(cache_for(usage)[1]) if st else None
+    split = _read_cache(cache_for(usage)[1]) if found else None
     if split is None:
         for u, parsed in read_csv_splits(path, classes, csv_classes, image_size).items():
             parsed.digest, cache = cache_for(u)
@@ -310,6 +313,12 @@ def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes
             if u == usage:
                 split = parsed
     return split
+
+
+def _csv_digest(path: str | Path, usage: str, image_size: int, classes: list[str], csv_classes: list[str]) -> str:
+    st = Path(path).stat() if Path(path).is_file() else None
+    entries = [(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)] if st else []
+    return files_digest(entries, {"kind": "csv", "usage": usage, "size": image_size, "classes": list(classes), "csv": list(csv_classes)})
 
 
 # --- the built-in synthetic set -------------------------------------------------
@@ -321,7 +330,11 @@ def synthetic_split(n_per_class: int, classes: list[str], size: int = 48, seed: 
         images, labels = make_faces(n_per_class, classes, size, seed)
     except ValueError as e:
         raise DataError(str(e)) from None
-    return Split(images, labels, digest=f"synthetic-n{n_per_class}-s{size}-seed{seed}")
+    return Split(images, labels, digest=_synthetic_digest(n_per_class, size, seed))
+
+
+def _synthetic_digest(n_per_class: int, size: int, seed: int) -> str:
+    return f"synthetic-n{n_per_class}-s{size}-seed{seed}"
 
 
 # --- checks and helpers -------------------------------------------------------
@@ -390,40 +403,65 @@ def with_fallback(cfg: dict) -> dict:
     return {**cfg, "format": "synthetic", "name": "synthetic", "register_as": "fer-synthetic"}
 
 
+def _sources(cfg: dict, seed: int) -> tuple[str, dict[str, str], callable, callable]:
+    """(description of the source, {"train": split name, "validation": ...}, load(name, split) -> Split,
+    digest(name, split) -> str) for a plain `data` config; digest reads no image."""
+    classes, size, cache = list(cfg["classes"]), int(cfg["image_size"]), cfg.get("cache_dir")
+    fmt = cfg["format"]
+    split_names = {"train": cfg.get("train_split", "train"), "validation": cfg.get("val_split", "validation")}
+    if fmt == "folders":
+        root = Path(cfg["root"]) if cfg.get("root") is not None else DEFAULT_ROOT
+        unknown = cfg.get("unknown_classes", "error")
+
+        def load(name: str, split: str) -> Split:
+            return load_folder_split(root, split, classes, size, cache, unknown)
+
+        def digest(name: str, split: str) -> str:
+            return _folder_digest([p for p, _ in scan_folder(root, split, classes, unknown)], size, classes, unknown)
+
+        return str(root.resolve()), split_names, load, digest
+    if fmt == "csv":
+
+        def load(name: str, split: str) -> Split:
+            return load_csv_split(cfg["path"], split, classes, cfg["csv_classes"], size, cache)
+
+        def digest(name: str, split: str) -> str:
+            if not Path(cfg["path"]).is_file():
+                raise DataError(f"data.path={cfg['path']!r}: file not found ({Path(cfg['path']).resolve()})")
+            return _csv_digest(cfg["path"], split, size, classes, cfg["csv_classes"])
+
+        return str(Path(cfg["path"]).resolve()), split_names, load, digest
+    if fmt == "synthetic":
+        per_class = {"train": cfg.get("train_per_class", 300), "validation": cfg.get("val_per_class", 60)}
+
+        def load(name: str, split: str) -> Split:
+            return synthetic_split(per_class[name], classes, size, seed=seed + (name == "validation"))
+
+        def digest(name: str, split: str) -> str:
+            return _synthetic_digest(per_class[name], size, seed + (name == "validation"))
+
+        return "synthetic", split_names, load, digest
+    raise DataError(f"data.format={fmt!r} is not one of folders, csv, synthetic")
+
+
 def load_data(cfg: dict, seed: int = 0) -> tuple[dict[str, Split], str]:
     """Load the train and validation splits that a plain `data` config describes.
 
     Returns ({"train": Split, "validation": Split}, a description of the source).
     A null folder root means ../shared/fer2013 (see with_fallback for when that is absent).
     """
-    classes, size, cache = list(cfg["classes"]), int(cfg["image_size"]), cfg.get("cache_dir")
-    fmt = cfg["format"]
-    split_names = {"train": cfg.get("train_split", "train"), "validation": cfg.get("val_split", "validation")}
-    if fmt == "folders":
-        root = Path(cfg["root"]) if cfg.get("root") is not None else DEFAULT_ROOT
-        source = str(root.resolve())
-
-        def load(name: str, split: str) -> Split:
-            return load_folder_split(root, split, classes, size, cache, cfg.get("unknown_classes", "error"))
-
-    elif fmt == "csv":
-        source = str(Path(cfg["path"]).resolve())
-
-        def load(name: str, split: str) -> Split:
-            return load_csv_split(cfg["path"], split, classes, cfg["csv_classes"], size, cache)
-
-    elif fmt == "synthetic":
-        source = "synthetic"
-        per_class = {"train": cfg.get("train_per_class", 300), "validation": cfg.get("val_per_class", 60)}
-
-        def load(name: str, split: str) -> Split:
-            return synthetic_split(per_class[name], classes, size, seed=seed + (name == "validation"))
-
-    else:
-        raise DataError(f"data.format={fmt!r} is not one of folders, csv, synthetic")
+    source, split_names, load, _ = _sources(cfg, seed)
+    classes = list(cfg["classes"])
     splits = {}
     for name, split in split_names.items():
         data = load(name, split)
         check_split(data, f"{name} split {split!r} of {source}", classes, bool(cfg.get("strict")), name == "train")
         splits[name] = limit_per_class(data, cfg.get("limit_per_class"), len(classes))
     return splits, source
+
+
+def data_digests(cfg: dict, seed: int = 0) -> tuple[dict[str, str], str]:
+    """({"train": digest, "validation": digest}, source) of the files a `data` config finds now, as
+    load_data records them, without decoding an image. Raises DataError when the data is missing."""
+    source, split_names, _, digest = _sources(cfg, seed)
+    return {name: digest(name, split) for name, split in split_names.items()}, source

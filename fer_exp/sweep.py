@@ -38,7 +38,6 @@ class SweepRun(Callback):
         tags = {
             tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
             tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
-            tracking.TAG_COMMAND: " ".join(sys.argv),
         }
         parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
         os.environ[tracking.PARENT_ENV] = parent

@@ -26,6 +26,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from fer_exp import provenance
 from fer_exp.outbox import RUN, Outbox, answers, read_calls, unpack, write_calls
 
 if TYPE_CHECKING:
@@ -40,7 +41,13 @@ TAG_SWEEP = "fer_exp.sweep_id"  # a job's sweep (its parent run id)
 TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder
 TAG_HASH = "fer_exp.config_hash"  # see config.config_hash
 TAG_OVERRIDES = "fer_exp.overrides"  # the command-line overrides, space-separated
-TAG_COMMAND = "fer_exp.command"  # a sweep's command line
+TAG_COMMAND = "fer_exp.command"  # the command line that started the run (a sweep's, for its jobs)
+TAG_LOCK = "fer_exp.lock"  # the first 16 hex digits of uv.lock's SHA-256 ("none" without one)
+TAG_UNTRACKED = "fer_exp.untracked"  # untracked files under fer_exp/, conf/, hydra_plugins/ (in source.patch)
+TAG_REPRODUCES = "fer_exp.reproduces"  # on a rerun: the run it reproduces
+TAG_REPRODUCED = "fer_exp.reproduced"  # on both runs: identical | within noise | differs
+TAG_REPRODUCED_BY = "fer_exp.reproduced_by"  # on the original: the rerun's id
+PATCH = "source.patch"  # a run's uncommitted changes, `git apply`-able on its commit
 TAG_STOP = "fer_exp.stop_reason"  # epochs | early_stopping | max_minutes | interrupted
 TAG_ERROR = "fer_exp.error"  # why a run FAILED
 TAG_CHECKPOINT = "fer_exp.checkpoint_epoch"  # epochs in the run's checkpoint/ folder
@@ -121,14 +128,16 @@ def configure(uri: str | None, directory: str | Path = "mlruns", experiment: str
     return exp_id
 
 
-def git_state() -> dict[str, str]:
-    """Commit and dirty flag of the working tree, if it is a git checkout."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return {}
-    return {"mlflow.source.git.commit": commit, TAG_GIT_DIRTY: str(bool(dirty)).lower()}
+def provenance_tags() -> tuple[dict[str, str], str, str]:
+    """(tags, source.patch text, environment.txt text) that let a run be re-run: commit, dirty flag,
+    untracked sources, the lock's hash and the command line (fer_exp.reproduce reads them back)."""
+    code = provenance.code_state() or {}
+    tags = {TAG_COMMAND: provenance.command_line()[:5000], TAG_LOCK: provenance.lock_hash() or "none"}
+    if code:
+        tags.update({"mlflow.source.git.commit": code["commit"], TAG_GIT_DIRTY: str(code["dirty"]).lower()})
+        if code["untracked"]:
+            tags[TAG_UNTRACKED] = " ".join(code["untracked"])[:5000]
+    return tags, code.get("patch", ""), provenance.environment_text()
 
 
 def placement() -> dict[str, str]:
@@ -151,7 +160,8 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     """
     global _outbox
     parent = parent or os.environ.get(PARENT_ENV)
-    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **git_state(), **placement(), **(tags or {})}
+    known, patch, env = provenance_tags()
+    tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **known, **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
     experiment = MlflowClient().get_run(parent).info.experiment_id if parent else None  # the parent's, else the active one
@@ -166,7 +176,9 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
         with _retries(2, 1) if _outbox else contextlib.nullcontext():
             _deliver("log_params", params={k: str(v)[:6000] for k, v in params.items()})
             log_text(config_yaml, "config.yaml")
-            log_text(environment(), "environment.txt")
+            log_text(env, "environment.txt")
+            if patch:
+                log_text(patch, PATCH)
             try:
                 yield run_id
             except KeyboardInterrupt:
@@ -204,6 +216,22 @@ def _retries(max_retries: int, backoff_factor: int, override: bool = False) -> I
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def quick_failures() -> Iterator[None]:
+    """A command's first calls to the store: an unreachable server fails in seconds, not after MLflow's ~4 minutes of retries."""
+    with _retries(2, 1):
+        yield
+
+
+def describe_error(e: MlflowException, uri: str) -> str:
+    """One line for a failed call: what was missing or unreachable, and what to do."""
+    if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return f"not found in {uri}: {e.message}"
+    if is_server(uri) and not answers(uri):
+        return f"the tracking server {uri} cannot be reached: start it (make server), or point MLFLOW_TRACKING_URI at one that runs"
+    return e.message
+
+
 def _deliver(call: str, /, **kwargs) -> None:
     """Send a call on the active run now, or through the job's outbox when there is one."""
     if _outbox is None:
@@ -231,19 +259,6 @@ def _end_run(status: str) -> None:
               "server answers, upload it with: python -m fer_exp.sync spool=%s", box.limit_s / 60, box.run["run_id"], status, box.folder, box.folder.parent)
 
 
-def environment() -> str:
-    """Python and package versions, for replaying a run."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    lines = [f"python {sys.version.split()[0]}"]
-    for pkg in ("tensorflow", "keras", "numpy", "opencv-python-headless", "scikit-learn", "hydra-core", "mlflow"):
-        try:
-            lines.append(f"{pkg}=={version(pkg)}")
-        except PackageNotFoundError:
-            pass
-    return "\n".join(lines) + "\n"
-
-
 def set_tags(tags: dict[str, str]) -> None:
     _deliver("set_tags", tags=tags)
 
@@ -255,13 +270,63 @@ def record(run, history_metric: str | None = None) -> dict:
     if history_metric:
         history = [m.value for m in sorted(MlflowClient().get_metric_history(run.info.run_id, history_metric), key=lambda m: m.step)]
     return {
-        "run_id": run.info.run_id, "name": run.info.run_name or "", "status": run.info.status, "params": dict(run.data.params),
+        "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "name": run.info.run_name or "", "status": run.info.status, "params": dict(run.data.params),
         "metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "start": run.info.start_time, "end": run.info.end_time, "history": history,
     }
 
 
 def get_record(run_id: str, history_metric: str | None = None) -> dict:
     return record(MlflowClient().get_run(run_id), history_metric)
+
+
+def resolve_run(ref: str) -> str:
+    """The run id that `ref` names: a run id, runs:/<id>[/path] or models:/<name>@<alias> | models:/<name>/<version>."""
+    if ref.startswith("runs:/"):
+        return ref[len("runs:/"):].strip("/").split("/", 1)[0]
+    if ref.startswith("models:/"):
+        name_version = ref[len("models:/"):].strip("/")
+        client = MlflowClient()
+        if "@" in name_version:
+            name, alias = name_version.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        name, _, version = name_version.partition("/")
+        return client.get_model_version(name, version).run_id
+    return ref
+
+
+def dataset_digests(run_id: str) -> dict[str, str]:
+    """{dataset name (e.g. fer2013-train): digest} of the data a run recorded as its inputs."""
+    run = MlflowClient().get_run(run_id)
+    return {d.dataset.name: d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])}
+
+
+def histories(run_id: str, keys: list[str]) -> dict[str, list[float]]:
+    """{metric: its values in step order} for each of `keys` the run logged."""
+    client = MlflowClient()
+    return {k: [m.value for m in sorted(client.get_metric_history(run_id, k), key=lambda m: m.step)] for k in keys}
+
+
+def job_records(experiment_id: str) -> list[dict]:
+    """Every FINISHED job run of an experiment, as records."""
+    runs = MlflowClient().search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'job' and attributes.status = 'FINISHED'", max_results=5000)
+    return [record(r) for r in runs]
+
+
+def artifact_text(run_id: str, path: str) -> str | None:
+    """A text artifact of a run, None when the run has none at `path`."""
+    folder, _, name = path.rpartition("/")
+    if not any(a.path == path for a in MlflowClient().list_artifacts(run_id, folder or None)):
+        return None
+    return load_text(run_id, path)
+
+
+def create_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
+    """A new run, left RUNNING for a job to continue (through MLflow's MLFLOW_RUN_ID); returns its id."""
+    return MlflowClient().create_run(experiment_id, run_name=name, tags=tags).info.run_id
+
+
+def experiment_name(experiment_id: str) -> str:
+    return MlflowClient().get_experiment(experiment_id).name
 
 
 def find_previous(experiment_id: str, config_hash: str) -> tuple[dict | None, dict | None]:
@@ -424,8 +489,14 @@ class _Source(DatasetSource):
 
 
 def create_sweep_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
-    """A sweep's parent run, left RUNNING; returns its id."""
-    return MlflowClient().create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **git_state(), **tags}).info.run_id
+    """A sweep's parent run, left RUNNING, with what a rerun needs (see provenance_tags); returns its id."""
+    known, patch, env = provenance_tags()
+    client = MlflowClient()
+    run_id = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **known, **tags}).info.run_id
+    client.log_text(run_id, env, "environment.txt")
+    if patch:
+        client.log_text(run_id, patch, PATCH)
+    return run_id
 
 
 def latest_sweep(experiment: str) -> dict | None:

@@ -1,0 +1,84 @@
+"""What a rerun needs besides the config: the code (commit, uncommitted patch, untracked sources),
+the installed packages and the lock they came from, and the command line. No MLflow here."""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import subprocess
+import sys
+from importlib.metadata import distributions
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code is running
+LOCK = "uv.lock"
+# Untracked files here are code a run depends on: they go into its patch.
+SOURCE_DIRS = ("fer_exp", "conf", "hydra_plugins")
+
+
+def _git(*args: str, root: Path = ROOT, ok: tuple[int, ...] = (0,)) -> str:
+    p = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True)
+    if p.returncode not in ok:
+        raise subprocess.CalledProcessError(p.returncode, ["git", *args], p.stdout, p.stderr)
+    return p.stdout
+
+
+def code_state(root: Path = ROOT) -> dict | None:
+    """{"commit", "dirty", "patch", "untracked"} of the checkout at `root`; None outside a git checkout.
+
+    patch: `git diff HEAD` plus every untracked file under SOURCE_DIRS as a new file, so that
+    `git apply` on the commit gives back the code that ran.
+    """
+    try:
+        commit = _git("rev-parse", "HEAD", root=root).strip()
+        patch = _git("diff", "HEAD", "--binary", root=root)
+        untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_DIRS, root=root).split()
+        for path in untracked:  # exit code 1: the files differ, as they do
+            patch += _git("diff", "--no-index", "--binary", "--", "/dev/null", path, root=root, ok=(0, 1))
+        dirty = bool(_git("status", "--porcelain", "--untracked-files=no", root=root).strip()) or bool(untracked)
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": commit, "dirty": dirty, "patch": patch, "untracked": untracked}
+
+
+def packages() -> dict[str, str]:
+    """{distribution name (lower case): version} of everything installed in this environment."""
+    found = {}
+    for d in distributions():
+        name = (d.metadata["Name"] or "").lower().replace("_", "-")
+        if name:
+            found[name] = d.version
+    return dict(sorted(found.items()))
+
+
+def lock_hash(root: Path = ROOT) -> str | None:
+    """The first 16 hex digits of uv.lock's SHA-256 (None without a lock: a non-editable install)."""
+    path = root / LOCK
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+
+def environment_text() -> str:
+    """environment.txt: the Python version, the lock's hash and every installed package."""
+    lines = [f"python {sys.version.split()[0]}", f"lock {LOCK} {lock_hash() or 'none'}"]
+    return "\n".join(lines + [f"{k}=={v}" for k, v in packages().items()]) + "\n"
+
+
+def parse_environment(text: str) -> dict[str, str]:
+    """environment.txt -> {"python": ..., "lock": ..., package: version}; reads the older short form too."""
+    out = {}
+    for line in text.splitlines():
+        if "==" in line:
+            name, version = line.split("==", 1)
+            out[name.strip().lower().replace("_", "-")] = version.strip()
+        elif line.startswith(("python ", "lock ")):
+            key, _, value = line.partition(" ")
+            out[key] = value.rsplit(" ", 1)[-1]
+    return out
+
+
+def command_line() -> str:
+    """This process's command as a user would type it: `python -m fer_exp.run ...` for a module."""
+    script = Path(sys.argv[0])
+    if script.suffix == ".py" and script.resolve().parent == ROOT / "fer_exp":
+        return shlex.join(["python", "-m", f"fer_exp.{script.stem}", *sys.argv[1:]])
+    return shlex.join(sys.argv)
