@@ -34,7 +34,6 @@ from fer_exp.config import NOT_CHOICES, flatten
 from fer_exp.data import DataError, data_digests
 
 log = logging.getLogger("fer_exp.reproduce")
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one small text file at a time
 METRIC = "best_val_accuracy"  # what "within noise" is judged on
 DEFAULT_TOLERANCE = 0.005  # 0.5 points of accuracy, when the config has no repeated seeds
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
@@ -313,7 +312,7 @@ def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
         word, why = IDENTICAL, f"every metric equal, epoch by epoch ({len(keys)} metrics, {epochs} epochs)"
     else:
         delta = new["metrics"].get(METRIC, float("nan")) - old["metrics"].get(METRIC, float("nan"))
-        word = WITHIN_NOISE if abs(delta) <= tol[0] else DIFFERS
+        word = WITHIN_NOISE if abs(delta) < tol[0] else DIFFERS
         why = f"{METRIC} {old['metrics'].get(METRIC, float('nan')):.4f} -> {new['metrics'].get(METRIC, float('nan')):.4f} ({100 * delta:+.2f} points; tolerance {tol[1]}); first difference at {diverge}"
     if new["tags"].get(tracking.TAG_HASH) != old["tags"].get(tracking.TAG_HASH):
         why += f"; config hash {old['tags'].get(tracking.TAG_HASH)} -> {new['tags'].get(tracking.TAG_HASH)}"
@@ -355,6 +354,7 @@ def jobs_of(record: dict, which: str) -> list[dict]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small text files, one at a time
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries against a server that is away; we say it once
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
     if not args.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(args.tracking_dir) / "mlflow.db").is_file():
