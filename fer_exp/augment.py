@@ -17,12 +17,17 @@ class RandomAffine(keras.layers.Layer):
     rotation in degrees, shift/shear/zoom as fractions, each drawn uniformly per image.
     """
 
-    def __init__(self, rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, flip=None, fill_mode="nearest", seed=None, **kwargs):
+    def __init__(
+        self, rotation=0.0, shift=0.0, shear=0.0, zoom=0.0, flip=None, fill_mode="nearest", seed=None, **kwargs
+    ):
         super().__init__(**kwargs)
         if flip not in (None, "horizontal", "vertical", "horizontal_and_vertical"):
             raise ValueError(f"augment.flip={flip!r}: use horizontal, vertical, horizontal_and_vertical or null")
         self.rotation, self.shift, self.shear, self.zoom = math.radians(rotation), shift, shear, zoom
-        self.flip_x, self.flip_y = flip in ("horizontal", "horizontal_and_vertical"), flip in ("vertical", "horizontal_and_vertical")
+        self.flip_x, self.flip_y = (
+            flip in ("horizontal", "horizontal_and_vertical"),
+            flip in ("vertical", "horizontal_and_vertical"),
+        )
         self.fill_mode = fill_mode
         self.generator = keras.random.SeedGenerator(seed)
 
@@ -47,7 +52,9 @@ class RandomAffine(keras.layers.Layer):
         b0, b1 = sy * (sin + shy * cos), sy * (cos - shy * sin)
         cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
         zeros = ops.zeros((n,))
-        transform = ops.stack([a0, a1, cx + tx - a0 * cx - a1 * cy, b0, b1, cy + ty - b0 * cx - b1 * cy, zeros, zeros], axis=1)
+        transform = ops.stack(
+            [a0, a1, cx + tx - a0 * cx - a1 * cy, b0, b1, cy + ty - b0 * cx - b1 * cy, zeros, zeros], axis=1
+        )
         return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=self.fill_mode)
 
 

@@ -64,7 +64,9 @@ class StopOnNonFinite(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs=None) -> None:
         loss = float((logs or {}).get("loss", 0.0))
         if not math.isfinite(loss):
-            raise FloatingPointError(f"training loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; try a lower lr")
+            raise FloatingPointError(
+                f"training loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; try a lower lr"
+            )
 
 
 class TimeBudget(keras.callbacks.Callback):
@@ -126,7 +128,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
         tracking.set_tags({tracking.TAG_CHECKPOINT: str(epoch + 1)})
 
     @classmethod
-    def restore(cls, run_id: str, dst: Path, best_checkpoint: keras.callbacks.ModelCheckpoint) -> tuple[keras.Model, dict]:
+    def restore(
+        cls, run_id: str, dst: Path, best_checkpoint: keras.callbacks.ModelCheckpoint
+    ) -> tuple[keras.Model, dict]:
         """(the model with its optimizer state, the state) from run `run_id`'s last checkpoint;
         its best model so far becomes best_checkpoint's file and best value."""
         folder = tracking.download_artifacts(run_id, cls.ARTIFACTS, dst)
@@ -156,4 +160,9 @@ class ReportToTrial(keras.callbacks.Callback):
         if self.trial.should_prune():
             self.pruned_at = epoch + 1
             self.model.stop_training = True
-            log.info("pruned after epoch %d: %s %.4f is below the study's trials at this epoch", epoch + 1, self.monitor, value)
+            log.info(
+                "pruned after epoch %d: %s %.4f is below the study's trials at this epoch",
+                epoch + 1,
+                self.monitor,
+                value,
+            )

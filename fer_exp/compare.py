@@ -20,7 +20,14 @@ from omegaconf import OmegaConf
 from fer_exp import tracking
 from fer_exp.config import is_choice
 
-DEFAULTS = {"sweep": None, "experiment": "fer_exp", "metric": "best_val_accuracy", "tracking_dir": "mlruns", "tracking_uri": None, "out_dir": "outputs/compare"}
+DEFAULTS = {
+    "sweep": None,
+    "experiment": "fer_exp",
+    "metric": "best_val_accuracy",
+    "tracking_dir": "mlruns",
+    "tracking_uri": None,
+    "out_dir": "outputs/compare",
+}
 # A summary metric and the per-epoch metric it summarises (what running jobs have so far).
 PER_EPOCH = {"best_val_accuracy": "val_accuracy", "val_accuracy_tta": "val_accuracy"}
 
@@ -49,14 +56,26 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
     for j in jobs:
         history = j.get("history") or []
         end = j["end"] or time.time() * 1000
-        rows.append({
-            "run_id": j["run_id"], "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]), "status": "PRUNED" if pruned(j) else j["status"],
-            "value": j["metrics"].get(metric, pick(history) if history else None), "tta": j["metrics"].get("val_accuracy_tta"),
-            "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
-            "params": j["metrics"].get("params"), "minutes": (end - j["start"]) / 60000,
-        })
+        rows.append(
+            {
+                "run_id": j["run_id"],
+                "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]),
+                "status": "PRUNED" if pruned(j) else j["status"],
+                "value": j["metrics"].get(metric, pick(history) if history else None),
+                "tta": j["metrics"].get("val_accuracy_tta"),
+                "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
+                "params": j["metrics"].get("params"),
+                "minutes": (end - j["start"]) / 60000,
+            }
+        )
     # best first; pruned jobs (stopped early, not comparable) after the others
-    rows.sort(key=lambda row: (row["value"] is None, row["status"] == "PRUNED", (row["value"] or 0) * (1 if lower_is_better else -1)))
+    rows.sort(
+        key=lambda row: (
+            row["value"] is None,
+            row["status"] == "PRUNED",
+            (row["value"] or 0) * (1 if lower_is_better else -1),
+        )
+    )
     keys = list(dict.fromkeys(k for row in rows for k in row["overrides"] if is_choice(f"{k}=")))  # command-line order
     differing = [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
     for row in rows:
@@ -69,20 +88,35 @@ def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dic
     """The MLflow UI's view of a sweep (see tracking.share_view): the parent row expanded so that every
     job is listed, best first, with the metric, TTA, epochs, seconds and the params that differ as columns."""
     params = set().union(*(j["params"] for j in jobs))
-    settings = [k if k in params else f"{k}.name" for k in (rows[0]["settings"] if rows else {})]  # model=deep -> model.name
+    settings = [
+        k if k in params else f"{k}.name" for k in (rows[0]["settings"] if rows else {})
+    ]  # model=deep -> model.name
     columns = [f"metrics.`{m}`" for m in dict.fromkeys((metric, "val_accuracy_tta", "epochs_run", "train_seconds"))]
     columns += [f"params.`{k}`" for k in settings if k in params]
-    return {"orderByKey": f"metrics.`{metric}`", "orderByAsc": "loss" in metric, "selectedColumns": columns, "runsExpanded": {parent: True}}
+    return {
+        "orderByKey": f"metrics.`{metric}`",
+        "orderByAsc": "loss" in metric,
+        "selectedColumns": columns,
+        "runsExpanded": {parent: True},
+    }
 
 
 def table(rows: list[dict], metric: str) -> str:
     """Plain-text table, best first."""
     lines = [("#", "job", "status", metric, "tta", "best epoch", "params", "minutes")]
     for i, r in enumerate(rows, 1):
-        lines.append((
-            str(i), r["label"], r["status"], "-" if r["value"] is None else f"{r['value']:.4f}", "-" if r["tta"] is None else f"{r['tta']:.4f}",
-            r["best_epoch"], "-" if r["params"] is None else f"{int(r['params']):,}", f"{r['minutes']:.1f}",
-        ))
+        lines.append(
+            (
+                str(i),
+                r["label"],
+                r["status"],
+                "-" if r["value"] is None else f"{r['value']:.4f}",
+                "-" if r["tta"] is None else f"{r['tta']:.4f}",
+                r["best_epoch"],
+                "-" if r["params"] is None else f"{int(r['params']):,}",
+                f"{r['minutes']:.1f}",
+            )
+        )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
 
@@ -107,7 +141,11 @@ def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
         raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
     files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
     tracking.log_files_to(sweep["run_id"], files)
-    return table(rows, metric), files[0], tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric))
+    return (
+        table(rows, metric),
+        files[0],
+        tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric)),
+    )
 
 
 def find_sweep(experiment: str, sweep_id: str | None) -> dict:
@@ -115,7 +153,9 @@ def find_sweep(experiment: str, sweep_id: str | None) -> dict:
     if sweep_id:
         run = tracking.get_record(sweep_id)
         if run["tags"].get(tracking.TAG_ROLE) != "sweep":
-            raise CompareError(f"run {sweep_id} is not a sweep's parent run (tag {tracking.TAG_ROLE}=sweep); pass sweep=<parent run id>")
+            raise CompareError(
+                f"run {sweep_id} is not a sweep's parent run (tag {tracking.TAG_ROLE}=sweep); pass sweep=<parent run id>"
+            )
         return run
     try:
         run = tracking.latest_sweep(experiment)
@@ -132,8 +172,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
         return 2
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).exists():
-        print(f"error: no MLflow store at {uri[len('sqlite:///'):]}; run a sweep first or pass tracking_dir=", file=sys.stderr)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        print(
+            f"error: no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking_dir=",
+            file=sys.stderr,
+        )
         return 2
     try:
         tracking.connect(uri)

@@ -96,7 +96,9 @@ def decode_file(path: str, size: int) -> tuple[np.ndarray | None, str, dict[str,
     return img, "", stats
 
 
-def decode_files(paths: list[str], size: int, desc: str) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], dict[str, int]]:
+def decode_files(
+    paths: list[str], size: int, desc: str
+) -> tuple[np.ndarray, list[bool], list[tuple[str, str]], dict[str, int]]:
     """Decode many files in parallel (OpenCV releases the GIL)."""
     images = np.zeros((len(paths), size, size), np.uint8)
     ok = [False] * len(paths)
@@ -135,7 +137,14 @@ def _read_cache(path: Path | None) -> Split | None:
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
-            return Split(z["images"], z["labels"], list(z["sources"]), [tuple(s) for s in meta["skipped"]], meta["stats"], meta["digest"])
+            return Split(
+                z["images"],
+                z["labels"],
+                list(z["sources"]),
+                [tuple(s) for s in meta["skipped"]],
+                meta["stats"],
+                meta["digest"],
+            )
     except (OSError, ValueError, KeyError) as e:
         log.warning("ignoring unreadable cache %s (%s)", path, e)
         return None
@@ -160,11 +169,17 @@ def _layout_help(root: Path, split: str) -> str:
         "Fix: point data.root at the folder that holds the split folders "
         "(python -m fer_exp.run data.root=/path/to/fer2013), rename the split with "
         "data.train_split=... / data.val_split=..., or use the built-in set with data=synthetic."
-        + (f"\nThis job ran on a {os.environ[REMOTE_ENV]} worker, in {Path.cwd()}: every node needs the data at the same path." if os.environ.get(REMOTE_ENV) else "")
+        + (
+            f"\nThis job ran on a {os.environ[REMOTE_ENV]} worker, in {Path.cwd()}: every node needs the data at the same path."
+            if os.environ.get(REMOTE_ENV)
+            else ""
+        )
     )
 
 
-def scan_folder(root: str | Path, split: str, classes: list[str], unknown_classes: str = "error") -> list[tuple[str, int]]:
+def scan_folder(
+    root: str | Path, split: str, classes: list[str], unknown_classes: str = "error"
+) -> list[tuple[str, int]]:
     """List (file path, label id) of <root>/<split>/<class>/*, sorted, labels from `classes`."""
     root = Path(root)
     if not root.is_dir():
@@ -172,7 +187,9 @@ def scan_folder(root: str | Path, split: str, classes: list[str], unknown_classe
     split_dir = root / split
     if not split_dir.is_dir():
         found = sorted(p.name for p in root.iterdir() if p.is_dir())
-        raise DataError(f"split folder not found: {split_dir.resolve()} (folders there: {found or 'none'})\n{_layout_help(root, split)}")
+        raise DataError(
+            f"split folder not found: {split_dir.resolve()} (folders there: {found or 'none'})\n{_layout_help(root, split)}"
+        )
     folders = sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = [f for f in folders if f not in classes]
     if unknown and unknown_classes != "ignore":
@@ -220,13 +237,17 @@ def load_folder_split(
 
 def _folder_digest(paths: list[str], image_size: int, classes: list[str], unknown_classes: str) -> str:
     entries = [(p, st.st_size, st.st_mtime_ns) for p in paths for st in [os.stat(p)]]
-    return files_digest(entries, {"kind": "folders", "size": image_size, "classes": list(classes), "unknown": unknown_classes})
+    return files_digest(
+        entries, {"kind": "folders", "size": image_size, "classes": list(classes), "unknown": unknown_classes}
+    )
 
 
 # --- fer2013.csv --------------------------------------------------------------
 
 
-def _parse_csv_row(row: list[str], col: dict[str, int], n_columns: int, n_emotions: int) -> tuple[str | None, int, np.ndarray | str]:
+def _parse_csv_row(
+    row: list[str], col: dict[str, int], n_columns: int, n_emotions: int
+) -> tuple[str | None, int, np.ndarray | str]:
     """(Usage or None when it is unknown, emotion id, 48x48 uint8 face or the reason the row is bad)."""
     if len(row) < n_columns:
         return None, -1, f"{len(row)} columns, expected {n_columns}"
@@ -246,7 +267,9 @@ def _parse_csv_row(row: list[str], col: dict[str, int], n_columns: int, n_emotio
     return usage, int(emotion), values.reshape(CSV_SIDE, CSV_SIDE).astype(np.uint8)
 
 
-def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str], image_size: int = 48) -> dict[str, Split]:
+def read_csv_splits(
+    path: str | Path, classes: list[str], csv_classes: list[str], image_size: int = 48
+) -> dict[str, Split]:
     """Parse fer2013.csv (emotion,pixels,Usage) into one Split per Usage value.
 
     CSV emotion ids index `csv_classes`; they are mapped by name onto `classes`.
@@ -292,7 +315,14 @@ def read_csv_splits(path: str | Path, classes: list[str], csv_classes: list[str]
     return out
 
 
-def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes: list[str], image_size: int = 48, cache_dir: str | None = None) -> Split:
+def load_csv_split(
+    path: str | Path,
+    usage: str,
+    classes: list[str],
+    csv_classes: list[str],
+    image_size: int = 48,
+    cache_dir: str | None = None,
+) -> Split:
     """One Usage of fer2013.csv as a Split, through the on-disk cache.
 
     A cache miss parses the file once and caches every Usage, so the next split loads from cache.
@@ -318,7 +348,9 @@ def load_csv_split(path: str | Path, usage: str, classes: list[str], csv_classes
 def _csv_digest(path: str | Path, usage: str, image_size: int, classes: list[str], csv_classes: list[str]) -> str:
     st = Path(path).stat() if Path(path).is_file() else None
     entries = [(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)] if st else []
-    return files_digest(entries, {"kind": "csv", "usage": usage, "size": image_size, "classes": list(classes), "csv": list(csv_classes)})
+    return files_digest(
+        entries, {"kind": "csv", "usage": usage, "size": image_size, "classes": list(classes), "csv": list(csv_classes)}
+    )
 
 
 # --- the built-in synthetic set -------------------------------------------------
@@ -356,10 +388,14 @@ def check_split(split: Split, name: str, classes: list[str], strict: bool, requi
         listing = "\n".join(f"  {src}: {why}" for src, why in split.skipped[:50])
         more = f"\n  ... and {len(split.skipped) - 50} more" if len(split.skipped) > 50 else ""
         if strict:
-            raise DataError(f"{name}: {len(split.skipped)} unreadable file(s) or row(s) (data.strict=true):\n{listing}{more}")
+            raise DataError(
+                f"{name}: {len(split.skipped)} unreadable file(s) or row(s) (data.strict=true):\n{listing}{more}"
+            )
         log.warning("%s: skipped %d unreadable file(s) or row(s):\n%s%s", name, len(split.skipped), listing, more)
     if len(split) == 0:
-        raise DataError(f"{name}: no usable images. Check the folder or CSV, or the split name (data.train_split / data.val_split).")
+        raise DataError(
+            f"{name}: no usable images. Check the folder or CSV, or the split name (data.train_split / data.val_split)."
+        )
     absent = [c for c, n in zip(classes, split.counts(len(classes))) if n == 0]
     if absent and require_all_classes:
         raise DataError(
@@ -399,7 +435,9 @@ def with_fallback(cfg: dict) -> dict:
     """
     if cfg["format"] != "folders" or cfg.get("root") is not None or DEFAULT_ROOT.is_dir() or os.environ.get(REMOTE_ENV):
         return cfg
-    log.warning("%s not found: using the built-in synthetic set (set data.root to use real data)", DEFAULT_ROOT.resolve())
+    log.warning(
+        "%s not found: using the built-in synthetic set (set data.root to use real data)", DEFAULT_ROOT.resolve()
+    )
     return {**cfg, "format": "synthetic", "name": "synthetic", "register_as": "fer-synthetic"}
 
 

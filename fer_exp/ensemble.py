@@ -32,7 +32,17 @@ from omegaconf import OmegaConf
 from fer_exp import compare, tracking
 
 log = logging.getLogger("fer_exp.ensemble")
-DEFAULTS = {"sweep": None, "top_k": 5, "metric": "best_val_accuracy", "select": "all", "runs": None, "tta": 10, "experiment": "fer_exp", "tracking_dir": "mlruns", "tracking_uri": None}
+DEFAULTS = {
+    "sweep": None,
+    "top_k": 5,
+    "metric": "best_val_accuracy",
+    "select": "all",
+    "runs": None,
+    "tta": 10,
+    "experiment": "fer_exp",
+    "tracking_dir": "mlruns",
+    "tracking_uri": None,
+}
 
 
 class EnsembleError(ValueError):
@@ -41,7 +51,14 @@ class EnsembleError(ValueError):
 
 def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
     """The top_k FINISHED, unpruned jobs with `metric`, best first."""
-    done = [j for j in jobs if j["status"] == "FINISHED" and metric in j["metrics"] and not compare.pruned(j) and j["tags"].get(tracking.TAG_ROLE) == "job"]
+    done = [
+        j
+        for j in jobs
+        if j["status"] == "FINISHED"
+        and metric in j["metrics"]
+        and not compare.pruned(j)
+        and j["tags"].get(tracking.TAG_ROLE) == "job"
+    ]
     if len(done) < 2:
         raise EnsembleError(f"the sweep has {len(done)} FINISHED job(s) with {metric}; an ensemble needs at least 2")
     return sorted(done, key=lambda j: -j["metrics"][metric])[:top_k]
@@ -54,7 +71,9 @@ def named_members(ids: list[str], metric: str) -> list[dict]:
     members = [tracking.get_record(i) for i in dict.fromkeys(ids)]
     for m in members:
         if m["status"] != "FINISHED" or metric not in m["metrics"] or m["tags"].get(tracking.TAG_ROLE) != "job":
-            raise EnsembleError(f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; members must be FINISHED job runs with {metric}")
+            raise EnsembleError(
+                f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; members must be FINISHED job runs with {metric}"
+            )
     return sorted(members, key=lambda j: -j["metrics"][metric])
 
 
@@ -62,7 +81,9 @@ def check_compatible(models: list, classes: list[list[str]], ids: list[str]) -> 
     """Members must take the same input and name the same classes in the same order."""
     shapes = {tuple(m.input_shape[1:]) for m in models}
     if len(shapes) > 1:
-        raise EnsembleError(f"members take different inputs {sorted(shapes)}: runs {ids}; ensemble runs of one data.image_size")
+        raise EnsembleError(
+            f"members take different inputs {sorted(shapes)}: runs {ids}; ensemble runs of one data.image_size"
+        )
     if any(c != classes[0] for c in classes):
         raise EnsembleError(f"members were trained on different class lists {classes}: runs {ids}")
 
@@ -87,7 +108,9 @@ def average(models: list, picks: list[int]):
     # each member under a name of its own (members of one architecture share theirs)
     renamed = {i: keras.Model(models[i].inputs, models[i].output, name=f"member_{i}") for i in set(picks)}
     outputs = [renamed[i](inputs) for i in picks]
-    return keras.Model(inputs, keras.layers.Average(dtype="float32")(outputs) if len(outputs) > 1 else outputs[0], name="ensemble")
+    return keras.Model(
+        inputs, keras.layers.Average(dtype="float32")(outputs) if len(outputs) > 1 else outputs[0], name="ensemble"
+    )
 
 
 def validation_split(member: dict):
@@ -127,24 +150,72 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     from fer_exp.pipeline import to_inputs
 
     model, classes, picked, val, c = build(members, select)
-    name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (" greedy" if select == "greedy" else "")
+    name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (
+        " greedy" if select == "greedy" else ""
+    )
     if not sweep_id:
         tracking.use_experiment_of(members[0]["run_id"])
-    settings = {"ensemble": {"sweep": sweep_id, "top_k": top_k, "metric": metric, "select": select, "members": picked}, "data": c["data"], "tta_views": tta}
-    tags = {tracking.TAG_ROLE: "ensemble", tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)), tracking.TAG_OVERRIDES: name.replace("ensemble ", "ensemble=").replace(" ", "-")}
-    params = {"data.register_as": c["data"].get("register_as"), "data.name": c["data"]["name"], "ensemble.top_k": top_k, "ensemble.select": select, "ensemble.size": len(picked)}
-    with tempfile.TemporaryDirectory() as tmp, tracking.start_run(name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id) as run_id:
+    settings = {
+        "ensemble": {"sweep": sweep_id, "top_k": top_k, "metric": metric, "select": select, "members": picked},
+        "data": c["data"],
+        "tta_views": tta,
+    }
+    tags = {
+        tracking.TAG_ROLE: "ensemble",
+        tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)),
+        tracking.TAG_OVERRIDES: name.replace("ensemble ", "ensemble=").replace(" ", "-"),
+    }
+    params = {
+        "data.register_as": c["data"].get("register_as"),
+        "data.name": c["data"]["name"],
+        "ensemble.top_k": top_k,
+        "ensemble.select": select,
+        "ensemble.size": len(picked),
+    }
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        tracking.start_run(
+            name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id
+        ) as run_id,
+    ):
         ev = evaluate(model, val.images, val.labels, classes, tta)
         out = Path(tmp)
         model.save(out / "model.h5")
-        plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=f"{name}: validation accuracy {ev.accuracy:.1%}"), out / "confusion_matrix.png")
+        plots.save(
+            plots.confusion_matrix_figure(
+                ev.confusion, classes, title=f"{name}: validation accuracy {ev.accuracy:.1%}"
+            ),
+            out / "confusion_matrix.png",
+        )
         (out / "classification_report.txt").write_text(ev.text)
-        tracking.log_files([out / "model.h5", write_classes(out / "model.h5", classes), out / "confusion_matrix.png", out / "classification_report.txt"])
+        tracking.log_files(
+            [
+                out / "model.h5",
+                write_classes(out / "model.h5", classes),
+                out / "confusion_matrix.png",
+                out / "classification_report.txt",
+            ]
+        )
         tracking.log_dict(ev.report, "classification_report.json")
         tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: classes})
         best = members[0]["metrics"][metric]
-        tracking.log_metrics({"best_val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": model.count_params(), "best_member_val_accuracy": best})
-    log.info("%s: validation accuracy %.4f single view, %.4f with %d-view TTA; best member %.4f\n%s", name, ev.accuracy, ev.tta_accuracy, tta, best, ev.text)
+        tracking.log_metrics(
+            {
+                "best_val_accuracy": ev.accuracy,
+                "val_accuracy_tta": ev.tta_accuracy,
+                "params": model.count_params(),
+                "best_member_val_accuracy": best,
+            }
+        )
+    log.info(
+        "%s: validation accuracy %.4f single view, %.4f with %d-view TTA; best member %.4f\n%s",
+        name,
+        ev.accuracy,
+        ev.tta_accuracy,
+        tta,
+        best,
+        ev.text,
+    )
     return tracking.get_record(run_id)
 
 
@@ -161,18 +232,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs and args.sweep:
             raise EnsembleError("pass sweep= (its top_k jobs) or runs= (these runs), not both")
         if args.runs:
-            parent, members = None, named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric)
+            parent, members = (
+                None,
+                named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric),
+            )
         else:
             parent = compare.find_sweep(args.experiment, args.sweep)["run_id"]
             members = top_members(tracking.sweep_jobs(parent), args.metric, int(args.top_k))
-        run = log_ensemble(members, parent, args.metric, args.select, int(args.top_k) if parent else len(members), int(args.tta))
+        run = log_ensemble(
+            members, parent, args.metric, args.select, int(args.top_k) if parent else len(members), int(args.tta)
+        )
     except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = run["metrics"]
     print(f"{run['name']}{f' of sweep {parent}' if parent else ''}: run {run['run_id']} (runs:/{run['run_id']}/model)")
     print(f"members: {run['tags'][tracking.TAG_MEMBERS]}")
-    print(f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; best member {m['best_member_val_accuracy']:.4f}")
+    print(
+        f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; best member {m['best_member_val_accuracy']:.4f}"
+    )
     try:
         if note := sweep.register_champion(run):
             print(note)

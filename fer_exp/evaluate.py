@@ -74,7 +74,9 @@ class Evaluation:
     confusion: np.ndarray | None = None  # (classes, classes), single view
 
 
-def evaluate(model, images: np.ndarray, labels: np.ndarray | None, classes: list[str], tta_views: int = 1, batch_size: int = 256) -> Evaluation:
+def evaluate(
+    model, images: np.ndarray, labels: np.ndarray | None, classes: list[str], tta_views: int = 1, batch_size: int = 256
+) -> Evaluation:
     """Predict uint8 (N, H, W) images single view and with `tta_views` views; score them when labels are given."""
     from sklearn.metrics import classification_report, confusion_matrix
 
@@ -99,7 +101,9 @@ def load_model(uri: str, tracking_uri: str | None = None, tracking_dir: str | Pa
 
     if "://" not in uri and ":/" not in uri:
         if not Path(uri).exists():
-            raise FileNotFoundError(f"model file not found: {Path(uri).resolve()} (model=path/to/model.h5 or runs:/RUN_ID/model)")
+            raise FileNotFoundError(
+                f"model file not found: {Path(uri).resolve()} (model=path/to/model.h5 or runs:/RUN_ID/model)"
+            )
         model, classes = keras.models.load_model(uri, compile=False), models.read_classes(uri)
     else:
         model, metadata = tracking.load_logged_model(uri, tracking.resolve_uri(tracking_uri, tracking_dir))
@@ -114,7 +118,9 @@ def read_folder(data_dir: str | Path, classes: list[str], size: int) -> tuple[Sp
     """(images, labelled?) from class subfolders, or from loose images (labels -1)."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise DataError(f"data_dir not found: {data_dir.resolve()}; pass a folder of class subfolders or of images (data_dir=...)")
+        raise DataError(
+            f"data_dir not found: {data_dir.resolve()}; pass a folder of class subfolders or of images (data_dir=...)"
+        )
     if any(p.is_dir() for p in data_dir.iterdir()):
         return load_folder_split(data_dir.parent, data_dir.name, classes, size), True
     paths = sorted(str(p) for p in data_dir.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -125,7 +131,9 @@ def read_folder(data_dir: str | Path, classes: list[str], size: int) -> tuple[Sp
     return Split(images[keep], np.full(keep.sum(), -1), [p for p, k in zip(paths, ok) if k], skipped, stats), False
 
 
-def write_predictions(path: Path, sources: list[str], probs: np.ndarray, classes: list[str], labels: np.ndarray | None = None) -> None:
+def write_predictions(
+    path: Path, sources: list[str], probs: np.ndarray, classes: list[str], labels: np.ndarray | None = None
+) -> None:
     """predictions.csv: path, [true_label,] predicted_label, one probability column per class."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -148,13 +156,26 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     result = {"images": len(split), "skipped": len(split.skipped), "predictions": out / "predictions.csv"}
     write_predictions(result["predictions"], split.sources, ev.probs, classes, split.labels if labelled else None)
     if labelled:
-        result.update(accuracy=ev.accuracy, tta_accuracy=ev.tta_accuracy, report=ev.text, confusion_png=out / "confusion_matrix.png")
+        result.update(
+            accuracy=ev.accuracy,
+            tta_accuracy=ev.tta_accuracy,
+            report=ev.text,
+            confusion_png=out / "confusion_matrix.png",
+        )
         title = f"{Path(data_dir).name}: accuracy {ev.accuracy:.1%} (single view)"
         plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=title), result["confusion_png"])
     return result
 
 
-DEFAULTS = {"model": None, "data_dir": None, "tta": 10, "batch_size": 256, "out_dir": None, "tracking_dir": "mlruns", "tracking_uri": None}
+DEFAULTS = {
+    "model": None,
+    "data_dir": None,
+    "tta": 10,
+    "batch_size": 256,
+    "out_dir": None,
+    "tracking_dir": "mlruns",
+    "tracking_uri": None,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +183,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     unknown = sorted(set(args) - set(DEFAULTS))
     if unknown or not args.model or not args.data_dir:
-        print(__doc__ + (f"\nunknown option(s): {unknown}" if unknown else "\nmodel= and data_dir= are required"), file=sys.stderr)
+        print(
+            __doc__ + (f"\nunknown option(s): {unknown}" if unknown else "\nmodel= and data_dir= are required"),
+            file=sys.stderr,
+        )
         return 2
     out_dir = args.out_dir or f"outputs/evaluate/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     try:

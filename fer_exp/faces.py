@@ -62,7 +62,11 @@ class MtcnnDetector:
         # pyramid for some other values (24, 40 on a 640x480 photo) and finds nothing at 30.
         found = self.mtcnn.detect_faces(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         faces = [
-            Face(tuple(int(v) for v in f["box"]), float(f["confidence"]), {k: tuple(map(float, f["keypoints"][k])) for k in LANDMARKS})
+            Face(
+                tuple(int(v) for v in f["box"]),
+                float(f["confidence"]),
+                {k: tuple(map(float, f["keypoints"][k])) for k in LANDMARKS},
+            )
             for f in found
             if f["confidence"] >= self.threshold and min(f["box"][2:]) >= self.min_size
         ]
@@ -90,12 +94,16 @@ class HaarDetector:
     def detect(self, bgr: np.ndarray) -> list[Face]:
         """Face boxes, left to right (OpenCV's default settings on the gray image)."""
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY) if bgr.ndim == 3 else bgr
-        found = self.faces.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_size, self.min_size))
+        found = self.faces.detectMultiScale(
+            gray, scaleFactor=1.1, minNeighbors=5, minSize=(self.min_size, self.min_size)
+        )
         return sorted((Face(tuple(int(v) for v in box)) for box in found), key=lambda f: f.box[0])
 
     def crop(self, gray: np.ndarray, face: Face, size: int) -> np.ndarray:
         x, y, w, h = face.box
-        eyes = self.eyes.detectMultiScale(gray[y : y + h // 2, x : x + w], scaleFactor=1.1, minNeighbors=5, minSize=(w // 8, w // 8))
+        eyes = self.eyes.detectMultiScale(
+            gray[y : y + h // 2, x : x + w], scaleFactor=1.1, minNeighbors=5, minSize=(w // 8, w // 8)
+        )
         angle = 0.0
         if len(eyes) >= 2:
             centres = [(ex + ew / 2, ey + eh / 2) for ex, ey, ew, eh in sorted(eyes, key=lambda e: -e[2])[:2]]

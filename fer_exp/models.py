@@ -28,7 +28,15 @@ def _conv_blocks(x, filters: list[int], bn_momentum: float = 0.99):
     return x
 
 
-def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int = 128, dropout: float = 0.5, name: str = "cnn", bn_momentum: float = 0.99) -> keras.Model:
+def notebook_cnn(
+    input_shape,
+    num_classes: int,
+    filters: list[int],
+    dense: int = 128,
+    dropout: float = 0.5,
+    name: str = "cnn",
+    bn_momentum: float = 0.99,
+) -> keras.Model:
     """The improved notebook's CNN: conv blocks, Flatten, Dense, Dropout, softmax.
 
     bn_momentum: of BatchNormalization's moving statistics, which validation uses; Keras's 0.99
@@ -43,14 +51,25 @@ def notebook_cnn(input_shape, num_classes: int, filters: list[int], dense: int =
     return keras.Model(inputs, outputs, name=name)
 
 
-def deep(input_shape, num_classes: int, filters=(128, 256, 128), dense: int = 128, dropout: float = 0.5, bn_momentum: float = 0.99) -> keras.Model:
+def deep(
+    input_shape,
+    num_classes: int,
+    filters=(128, 256, 128),
+    dense: int = 128,
+    dropout: float = 0.5,
+    bn_momentum: float = 0.99,
+) -> keras.Model:
     """3 conv blocks 128/256/128 + Dense 128: 856,711 parameters at 48x48x1, 7 classes."""
     return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="deep", bn_momentum=bn_momentum)
 
 
-def shallow(input_shape, num_classes: int, filters=(32, 64), dense: int = 128, dropout: float = 0.5, bn_momentum: float = 0.99) -> keras.Model:
+def shallow(
+    input_shape, num_classes: int, filters=(32, 64), dense: int = 128, dropout: float = 0.5, bn_momentum: float = 0.99
+) -> keras.Model:
     """The notebook's "variation 2": 2 conv blocks 32/64 + Dense 128."""
-    return notebook_cnn(input_shape, num_classes, list(filters), dense, dropout, name="shallow", bn_momentum=bn_momentum)
+    return notebook_cnn(
+        input_shape, num_classes, list(filters), dense, dropout, name="shallow", bn_momentum=bn_momentum
+    )
 
 
 def efficientnet_b2(input_shape, num_classes: int, dropout: float = 0.5) -> keras.Model:
@@ -58,14 +77,24 @@ def efficientnet_b2(input_shape, num_classes: int, dropout: float = 0.5) -> kera
     inputs = keras.Input(input_shape)
     # The backbone rescales by 1/255 itself; our inputs are already in [0, 1].
     x = layers.Rescaling(255.0)(inputs)
-    backbone = keras.applications.EfficientNetB2(include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg")
+    backbone = keras.applications.EfficientNetB2(
+        include_top=False, weights=None, input_shape=tuple(input_shape), pooling="avg"
+    )
     x = backbone(x)
     x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="efficientnet_b2")
 
 
-def vgg(input_shape, num_classes: int, filters=(32, 64, 128, 256), convs: int = 2, dropout: float = 0.5, block_dropout: float = 0.0, crop: int | None = None) -> keras.Model:
+def vgg(
+    input_shape,
+    num_classes: int,
+    filters=(32, 64, 128, 256),
+    convs: int = 2,
+    dropout: float = 0.5,
+    block_dropout: float = 0.0,
+    crop: int | None = None,
+) -> keras.Model:
     """VGG-style: per block `convs` x (3x3 same Conv -> BN -> ReLU), MaxPool; then GAP, Dropout, softmax.
 
     Sized for a CPU: 32/64/128/256 with 2 convs a block is 1.18M parameters.
@@ -117,7 +146,13 @@ def training_flops(model: keras.Model) -> tuple[int, int]:
 
     counts = []
     for fn in (lambda x, y: model(x, training=False), step):
-        graph = tf.function(fn).get_concrete_function(tf.TensorSpec((1, *model.input_shape[1:])), tf.TensorSpec((1, model.output_shape[-1]))).graph
+        graph = (
+            tf.function(fn)
+            .get_concrete_function(
+                tf.TensorSpec((1, *model.input_shape[1:])), tf.TensorSpec((1, model.output_shape[-1]))
+            )
+            .graph
+        )
         options = {**tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(), "output": "none"}
         counts.append(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
     return counts[0], counts[1]
@@ -155,5 +190,7 @@ def classes_for(model: keras.Model, classes: list[str] | None, source: str) -> l
         classes = list(OmegaConf.load(FER7_FILE).classes)
         log.warning("%s carries no class list; assuming FER2013's %s", source, ", ".join(classes))
     if len(classes) != outputs:
-        raise ValueError(f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; put the right list in {CLASSES_KEY}.json beside the model file")
+        raise ValueError(
+            f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; put the right list in {CLASSES_KEY}.json beside the model file"
+        )
     return list(classes)

@@ -41,11 +41,22 @@ class Outbox:
     at once, so that not even a crash loses them) and are sent in order once the server answers.
     After `limit_s` of outage it stops trying; the folder is then the run's spool."""
 
-    def __init__(self, folder: Path, run: dict, send: Callable[[str, dict], Any], probe: Callable[[], bool], limit_s: float, probe_every_s: float = 10.0):
+    def __init__(
+        self,
+        folder: Path,
+        run: dict,
+        send: Callable[[str, dict], Any],
+        probe: Callable[[], bool],
+        limit_s: float,
+        probe_every_s: float = 10.0,
+    ):
         self.folder, self.run, self.send, self.probe, self.limit_s = Path(folder), run, send, probe, limit_s
         self.queued = 0  # calls kept on disk and not yet sent
         self.down_since: float | None = None
-        self.probe_every_s, self.next_probe = probe_every_s, 0.0  # while it is away, the server is asked at most this often
+        self.probe_every_s, self.next_probe = (
+            probe_every_s,
+            0.0,
+        )  # while it is away, the server is asked at most this often
 
     def deliver(self, call: str, /, **kwargs) -> None:
         if not self.queued:
@@ -56,7 +67,11 @@ class Outbox:
                 if self.probe():
                     raise  # the server answers: a real error, not an outage
             self.down_since = time.monotonic()
-            log.warning("the tracking server does not answer; training goes on, and its records wait in %s until it does (up to %s min)", self.folder, f"{self.limit_s / 60:g}")
+            log.warning(
+                "the tracking server does not answer; training goes on, and its records wait in %s until it does (up to %s min)",
+                self.folder,
+                f"{self.limit_s / 60:g}",
+            )
         self._keep(call, kwargs)
         self.flush()
 
@@ -83,7 +98,10 @@ class Outbox:
             calls.pop(0)
             write_calls(self.folder, calls)
             self.queued = len(calls)
-        log.warning("the tracking server answers again after %.0f s: sent the records kept meanwhile", time.monotonic() - self.down_since)
+        log.warning(
+            "the tracking server answers again after %.0f s: sent the records kept meanwhile",
+            time.monotonic() - self.down_since,
+        )
         shutil.rmtree(self.folder, ignore_errors=True)
         self.down_since = None
         return True
@@ -97,7 +115,12 @@ class Outbox:
                 return False
             away = time.monotonic() - self.down_since
             if away - said >= 60:  # once a minute
-                log.warning("waiting for the tracking server to send %d record(s): away for %.0f s, giving up after %.0f s", self.queued, away, self.limit_s)
+                log.warning(
+                    "waiting for the tracking server to send %d record(s): away for %.0f s, giving up after %.0f s",
+                    self.queued,
+                    away,
+                    self.limit_s,
+                )
                 said = away
             time.sleep(max(0.0, min(self.next_probe - time.monotonic(), self.limit_s - away)) + 0.05)
         return True
@@ -107,8 +130,12 @@ class Outbox:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / RUN).write_text(json.dumps(self.run, indent=1))
         calls = read_calls(self.folder)
-        if call == "log_files":  # a later upload overwrites the artifacts: an unsent older copy (last epoch's checkpoint) need not go
-            for old in [c for c in calls if c[0] == "log_files" and _files_of(unpack(c[1], self.folder)) == _files_of(kwargs)]:
+        if (
+            call == "log_files"
+        ):  # a later upload overwrites the artifacts: an unsent older copy (last epoch's checkpoint) need not go
+            for old in [
+                c for c in calls if c[0] == "log_files" and _files_of(unpack(c[1], self.folder)) == _files_of(kwargs)
+            ]:
                 calls.remove(old)
                 shutil.rmtree(self.folder / "files" / old[2], ignore_errors=True)
         key = f"{time.time_ns()}"

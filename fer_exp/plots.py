@@ -32,18 +32,39 @@ def confusion_matrix_figure(cm: np.ndarray, classes: list[str], title: str = "")
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     fig, ax = plt.subplots(figsize=(7, 6))
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    ax.set(xticks=range(len(classes)), yticks=range(len(classes)), xticklabels=classes, yticklabels=classes, xlabel="predicted", ylabel="true")
+    ax.set(
+        xticks=range(len(classes)),
+        yticks=range(len(classes)),
+        xticklabels=classes,
+        yticklabels=classes,
+        xlabel="predicted",
+        ylabel="true",
+    )
     ax.set_title(title or f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.1%})")
     plt.setp(ax.get_xticklabels(), rotation=45, ha="right")
     for i in range(len(classes)):
         for j in range(len(classes)):
-            ax.text(j, i, f"{cm[i, j]}\n{norm[i, j]:.0%}", ha="center", va="center", fontsize=7, color="white" if norm[i, j] > 0.5 else "black")
+            ax.text(
+                j,
+                i,
+                f"{cm[i, j]}\n{norm[i, j]:.0%}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if norm[i, j] > 0.5 else "black",
+            )
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
     return fig
 
 
-STATUS_COLOURS = {"FINISHED": "tab:blue", "PRUNED": "tab:purple", "RUNNING": "tab:orange", "FAILED": "tab:red", "KILLED": "tab:gray"}
+STATUS_COLOURS = {
+    "FINISHED": "tab:blue",
+    "PRUNED": "tab:purple",
+    "RUNNING": "tab:orange",
+    "FAILED": "tab:red",
+    "KILLED": "tab:gray",
+}
 
 
 def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figure:

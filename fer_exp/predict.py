@@ -54,7 +54,10 @@ class Predictor:
         if not found:
             return []
         probs = np.asarray(self.model(to_inputs(np.stack(crops)), training=False))
-        return [{"face": f, "box": f.box, "label": self.classes[int(p.argmax())], "confidence": float(p.max()), "probs": p} for f, p in zip(found, probs)]
+        return [
+            {"face": f, "box": f.box, "label": self.classes[int(p.argmax())], "confidence": float(p.max()), "probs": p}
+            for f, p in zip(found, probs)
+        ]
 
 
 def list_inputs(items: list[str]) -> list[Path]:
@@ -62,7 +65,11 @@ def list_inputs(items: list[str]) -> list[Path]:
     paths = []
     for item in map(Path, items):
         if item.is_dir():
-            paths += sorted(p for p in item.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts))
+            paths += sorted(
+                p
+                for p in item.rglob("*")
+                if p.is_file() and not any(part.startswith(".") for part in p.relative_to(item).parts)
+            )
         else:
             paths.append(item)
     return paths
@@ -77,13 +84,35 @@ def annotate(image: np.ndarray, faces: list[dict]) -> np.ndarray:
         cv2.rectangle(out, (x, y), (x + w, y + h), (0, 200, 0), max(1, round(2 * scale)))
         for px, py in f["face"].landmarks.values():
             cv2.circle(out, (round(px), round(py)), max(1, round(2 * scale)), (0, 200, 255), -1)
-        cv2.putText(out, f"{f['label']} {f['confidence']:.2f}", (x, max(12, y - 4)), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 200, 0), max(1, round(scale)))
+        cv2.putText(
+            out,
+            f"{f['label']} {f['confidence']:.2f}",
+            (x, max(12, y - 4)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            scale,
+            (0, 200, 0),
+            max(1, round(scale)),
+        )
     return out
 
 
 def csv_header(classes: list[str]) -> list[str]:
     marks = [f"{k}_{axis}" for k in LANDMARKS for axis in "xy"]
-    return ["path", "face", "x", "y", "width", "height", "label", "confidence", *classes, "detector_confidence", *marks, "frame", "time_s"]
+    return [
+        "path",
+        "face",
+        "x",
+        "y",
+        "width",
+        "height",
+        "label",
+        "confidence",
+        *classes,
+        "detector_confidence",
+        *marks,
+        "frame",
+        "time_s",
+    ]
 
 
 def csv_row(path: Path, i: int, f: dict, frame: int | None = None, seconds: float | None = None) -> list:
@@ -91,12 +120,24 @@ def csv_row(path: Path, i: int, f: dict, frame: int | None = None, seconds: floa
     marks = [f"{v:.1f}" for k in LANDMARKS for v in face.landmarks.get(k, ())] or [""] * 2 * len(LANDMARKS)
     det = "" if face.confidence is None else f"{face.confidence:.4f}"
     when = ["" if frame is None else frame, "" if seconds is None else f"{seconds:.3f}"]
-    return [str(path), i, *f["box"], f["label"], f"{f['confidence']:.6f}", *(f"{p:.6f}" for p in f["probs"]), det, *marks, *when]
+    return [
+        str(path),
+        i,
+        *f["box"],
+        f["label"],
+        f"{f['confidence']:.6f}",
+        *(f"{p:.6f}" for p in f["probs"]),
+        det,
+        *marks,
+        *when,
+    ]
 
 
 def face_lines(path: Path, faces: list[dict], where: str = "") -> None:
     for i, f in enumerate(faces, 1):
-        tqdm.write(f"{path}\t{where}face {i}/{len(faces)}\tbox {','.join(map(str, f['box']))}\t{f['label']}\t{f['confidence']:.3f}")
+        tqdm.write(
+            f"{path}\t{where}face {i}/{len(faces)}\tbox {','.join(map(str, f['box']))}\t{f['label']}\t{f['confidence']:.3f}"
+        )
 
 
 def predict_image(path: Path, predict: Predictor, annotated: Path | None) -> list[list]:
@@ -137,7 +178,9 @@ def predict_video(path: Path, predict: Predictor, every: int | None, annotated: 
                 if faces:
                     timeline.append((n / fps, max(faces, key=lambda f: f["box"][2] * f["box"][3])["probs"]))
             if annotated:
-                writer = writer or cv2.VideoWriter(str(annotated.with_suffix(".mp4")), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
+                writer = writer or cv2.VideoWriter(
+                    str(annotated.with_suffix(".mp4")), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1]
+                )
                 writer.write(annotate(frame, faces))
             n += 1
             bar.update()
@@ -151,7 +194,10 @@ def predict_video(path: Path, predict: Predictor, every: int | None, annotated: 
 
         times, probs = zip(*timeline)
         title = f"{path.name}: largest face, every {every} frame(s)"
-        plots.save(plots.probability_timeline(np.array(times), np.stack(probs), predict.classes, title), annotated.with_name(f"{annotated.name}_timeline.png"))
+        plots.save(
+            plots.probability_timeline(np.array(times), np.stack(probs), predict.classes, title),
+            annotated.with_name(f"{annotated.name}_timeline.png"),
+        )
     if not rows:
         tqdm.write(f"{path}: no face in {-(-n // every)} sampled frame(s)")
     return rows
@@ -159,7 +205,12 @@ def predict_video(path: Path, predict: Predictor, every: int | None, annotated: 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     # model=X (the style of the other commands) is --model X
-    argv = [f"--{a.partition('=')[0].replace('_', '-')}={a.partition('=')[2]}" if a.partition("=")[0] in ("model", "tracking_dir", "tracking_uri") else a for a in argv]
+    argv = [
+        f"--{a.partition('=')[0].replace('_', '-')}={a.partition('=')[2]}"
+        if a.partition("=")[0] in ("model", "tracking_dir", "tracking_uri")
+        else a
+        for a in argv
+    ]
     ap = argparse.ArgumentParser(prog="python -m fer_exp.predict", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, help="runs:/RUN_ID/model, models:/fer@champion or a .h5/.keras file")
     ap.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
@@ -167,7 +218,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--threshold", type=float, default=0.9, help="the smallest MTCNN confidence that counts as a face")
     ap.add_argument("--min-face", type=int, default=24, help="smallest face to find, in pixels")
     ap.add_argument("--no-detect", action="store_true", help="each image or frame is one pre-cropped face")
-    ap.add_argument("--every", type=int, help=f"analyse every N-th video frame (default: about {SAMPLES_PER_SECOND} a second)")
+    ap.add_argument(
+        "--every", type=int, help=f"analyse every N-th video frame (default: about {SAMPLES_PER_SECOND} a second)"
+    )
     ap.add_argument("--out", type=Path, help="write predictions.csv, annotated copies and video timelines here")
     ap.add_argument("--tracking-dir", default="mlruns", help="local MLflow store for runs:/ and models:/ URIs")
     ap.add_argument("--tracking-uri", help="MLflow server instead of --tracking-dir (default: MLFLOW_TRACKING_URI)")
@@ -183,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a wrong path, run id or alias: say so, no traceback
         print(f"error: cannot load model {args.model}: {e}", file=sys.stderr)
         return 2
-    predict = Predictor(model, classes, None if args.no_detect else make_detector(args.detector, args.min_face, args.threshold))
+    predict = Predictor(
+        model, classes, None if args.no_detect else make_detector(args.detector, args.min_face, args.threshold)
+    )
     out = args.out or Path("outputs/predict") / time.strftime("%Y-%m-%d_%H-%M-%S")
     out.mkdir(parents=True, exist_ok=True)
     paths = list_inputs(args.inputs)
@@ -192,14 +247,21 @@ def main(argv: list[str] | None = None) -> int:
         annotated = args.out / f"{n:04d}_{path.stem}" if args.out else None  # numbered: names may repeat across folders
         try:
             video = path.suffix.lower() in VIDEO_SUFFIXES
-            rows += predict_video(path, predict, args.every, annotated) if video else predict_image(path, predict, annotated)
+            rows += (
+                predict_video(path, predict, args.every, annotated)
+                if video
+                else predict_image(path, predict, annotated)
+            )
         except ValueError as e:
             failed.append(path)
             tqdm.write(f"{path}: error: {e}", file=sys.stderr)
     with open(out / "predictions.csv", "w", newline="") as fh:
         csv.writer(fh).writerows([csv_header(classes), *rows])
     print(f"predictions.csv{' and annotated copies' if args.out else ''} in {out}")
-    print(f"{len(paths) - len(failed)} of {len(paths)} file(s) processed, {len(rows)} face(s); {len(failed)} failed", file=sys.stderr)
+    print(
+        f"{len(paths) - len(failed)} of {len(paths)} file(s) processed, {len(rows)} face(s); {len(failed)} failed",
+        file=sys.stderr,
+    )
     return 1 if failed else 0
 
 

@@ -74,7 +74,9 @@ def short(text: str | None, n: int = 12) -> str:
 def code_line(job: Job, now: dict | None, patch: str | None, checkout: bool) -> str:
     tags = job.record["tags"]
     commit, dirty = tags.get("mlflow.source.git.commit"), tags.get("fer_exp.git_dirty") == "true"
-    run_patch = f"a patch of {len(patch.splitlines())} lines" if patch else ("a patch not recorded" if dirty else "no patch")
+    run_patch = (
+        f"a patch of {len(patch.splitlines())} lines" if patch else ("a patch not recorded" if dirty else "no patch")
+    )
     if checkout:
         return f"same: the run's own code, commit {short(commit)} + {run_patch}, in a temporary worktree"
     if now is None:
@@ -84,7 +86,9 @@ def code_line(job: Job, now: dict | None, patch: str | None, checkout: bool) -> 
         return f"same: commit {short(commit)}, {run_patch}"
     parts = [] if same_commit else [f"commit {short(commit)} -> {short(now['commit'])}"]
     if not same_patch:
-        parts.append(f"{run_patch} -> {'a patch of %d lines' % len(now['patch'].splitlines()) if now['patch'] else 'no patch'}")
+        parts.append(
+            f"{run_patch} -> {'a patch of %d lines' % len(now['patch'].splitlines()) if now['patch'] else 'no patch'}"
+        )
     return "differs: " + ", ".join(parts) + " (--checkout runs the run's own code)"
 
 
@@ -115,7 +119,11 @@ def config_line(job: Job, today: dict | None, checkout: bool) -> str:
     if today is None:
         return "same: the run's logged config is re-run (today's conf/ cannot compose its overrides)"
     run, now = choices(job.config), choices(today)
-    changed = [f"{k} {run.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}" for k in sorted(set(run) | set(now)) if run.get(k) != now.get(k)]
+    changed = [
+        f"{k} {run.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
+        for k in sorted(set(run) | set(now))
+        if run.get(k) != now.get(k)
+    ]
     if not changed:
         return "same: today's conf/ composes the run's config"
     more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
@@ -136,7 +144,9 @@ def data_line(job: Job, force: bool) -> str:
     if differ:
         message = f"data differs in {source}: {'; '.join(differ)}"
         if not force:
-            raise Refusal(f"{message}. A rerun on other data is not a reproduction; restore the files, or pass --force to re-run anyway")
+            raise Refusal(
+                f"{message}. A rerun on other data is not a reproduction; restore the files, or pass --force to re-run anyway"
+            )
         return f"differs (--force): {'; '.join(differ)} in {source}"
     if not any(f"{data['name']}-{s}" in recorded for s in now):
         return f"unknown: the run recorded no data digest ({source})"
@@ -160,7 +170,11 @@ def machine_line(job: Job) -> str:
     tags = {k.split(".")[-1]: v for k, v in job.record["tags"].items() if k.startswith("fer_exp.machine.")}
     now = machine.describe(job.config.get("precision", "float32"))
     now["onednn"] = tags.get("onednn", now["onednn"])  # the rerun sets oneDNN as the run had it
-    changed = [f"{k} {tags[k]!r} -> {now[k]!r}" for k in ("cpu", "cpu_flags", "cores", "precision") if k in tags and tags[k] != now[k]]
+    changed = [
+        f"{k} {tags[k]!r} -> {now[k]!r}"
+        for k in ("cpu", "cpu_flags", "cores", "precision")
+        if k in tags and tags[k] != now[k]
+    ]
     if not tags:
         return f"unknown: the run recorded no machine ({now['cpu']} here)"
     what = f"{now['cpu']}, {now['precision']}, oneDNN {now['onednn']} (as the run)"
@@ -169,7 +183,9 @@ def machine_line(job: Job) -> str:
 
 def seed_line(job: Job) -> str:
     seed, deterministic = job.config.get("seed"), job.config.get("deterministic", False)
-    return f"same: {seed}" + (", deterministic ops" if deterministic else "; deterministic=false, so expect within noise at best")
+    return f"same: {seed}" + (
+        ", deterministic ops" if deterministic else "; deterministic=false, so expect within noise at best"
+    )
 
 
 # --- planning: everything checked before any training ------------------------
@@ -177,18 +193,24 @@ def seed_line(job: Job) -> str:
 
 def job_overrides(tag: str | None) -> list[str]:
     """The run's overrides minus where results go and resume (the rerun must train, not reuse)."""
-    keep = [o for o in (tag or "").split() if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in ("tracking", "resume")]
+    keep = [
+        o for o in (tag or "").split() if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in ("tracking", "resume")
+    ]
     return [o for o in keep if not o.startswith("hydra.")]
 
 
 def load_job(record: dict) -> Job:
     if record["status"] != "FINISHED":
-        raise Refusal(f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce")
+        raise Refusal(
+            f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce"
+        )
     text = tracking.artifact_text(record["run_id"], "config.yaml")
     if text is None:
         raise Refusal(f"run {record['run_id']} has no config.yaml artifact: it was not recorded by fer_exp.run")
     overrides = job_overrides(record["tags"].get(tracking.TAG_OVERRIDES))
-    return Job(record, OmegaConf.to_container(OmegaConf.create(text)), overrides, tracking.dataset_digests(record["run_id"]))
+    return Job(
+        record, OmegaConf.to_container(OmegaConf.create(text)), overrides, tracking.dataset_digests(record["run_id"])
+    )
 
 
 def make_worktree(job: Job, patch: str | None, stack: contextlib.ExitStack) -> Path:
@@ -197,17 +219,27 @@ def make_worktree(job: Job, patch: str | None, stack: contextlib.ExitStack) -> P
     if not commit:
         raise Refusal(f"run {job.run_id} recorded no git commit: its code cannot be checked out")
     if job.record["tags"].get("fer_exp.git_dirty") == "true" and patch is None:
-        raise Refusal(f"run {job.run_id} ran on uncommitted changes that were not recorded (it predates source.patch): its code cannot be restored")
+        raise Refusal(
+            f"run {job.run_id} ran on uncommitted changes that were not recorded (it predates source.patch): its code cannot be restored"
+        )
     git = ["git", "-C", str(provenance.ROOT)]
     if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode:
-        raise Refusal(f"commit {commit} of run {job.run_id} is not in the repository at {provenance.ROOT}: fetch it (git fetch --all) and try again")
+        raise Refusal(
+            f"commit {commit} of run {job.run_id} is not in the repository at {provenance.ROOT}: fetch it (git fetch --all) and try again"
+        )
     folder = Path(tempfile.mkdtemp(prefix="fer_exp-checkout-")) / "code"
-    subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(folder), commit], check=True, capture_output=True)
+    subprocess.run(
+        [*git, "worktree", "add", "--detach", "--quiet", str(folder), commit], check=True, capture_output=True
+    )
     stack.callback(lambda: subprocess.run([*git, "worktree", "remove", "--force", str(folder)], capture_output=True))
     if patch:
-        applied = subprocess.run(["git", "-C", str(folder), "apply", "--whitespace=nowarn", "-"], input=patch, text=True, capture_output=True)
+        applied = subprocess.run(
+            ["git", "-C", str(folder), "apply", "--whitespace=nowarn", "-"], input=patch, text=True, capture_output=True
+        )
         if applied.returncode:
-            raise Refusal(f"the patch of run {job.run_id} does not apply on commit {short(commit)}: {applied.stderr.strip()[:500]}")
+            raise Refusal(
+                f"the patch of run {job.run_id} does not apply on commit {short(commit)}: {applied.stderr.strip()[:500]}"
+            )
     return folder
 
 
@@ -240,8 +272,17 @@ def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
     env = {"MLFLOW_RUN_ID": new_id, **({machine.ONEDNN_ENV: "1" if onednn == "on" else "0"} if onednn else {})}
     out = Path("outputs") / "reproduce" / new_id
     if job.worktree:
-        command = [sys.executable, "-c", BOOT, str(job.worktree), *job.overrides, f"tracking.uri='{uri}'", f"tracking.experiment={experiment}",
-                   "resume=false", f"hydra.run.dir={out}"]
+        command = [
+            sys.executable,
+            "-c",
+            BOOT,
+            str(job.worktree),
+            *job.overrides,
+            f"tracking.uri='{uri}'",
+            f"tracking.experiment={experiment}",
+            "resume=false",
+            f"hydra.run.dir={out}",
+        ]
         ok = subprocess.run(command, env={**os.environ, **env}).returncode == 0
     else:
         os.environ.update(env)  # before TensorFlow loads (oneDNN); MLflow's start_run continues MLFLOW_RUN_ID
@@ -288,6 +329,7 @@ def tolerance(job: Job, points: float | None) -> tuple[float, str]:
     """(tolerance, why): --tolerance, else the seed spread of this config where repeated seeds exist, else 0.5 points."""
     if points is not None:
         return points / 100, f"{points:g} points (--tolerance)"
+
     def same_config(r: dict) -> bool:
         return {k: v for k, v in r["params"].items() if k != "seed" and k.split(".", 1)[0] not in NOT_CHOICES} == mine
 
@@ -325,14 +367,43 @@ def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m fer_exp.reproduce", description=__doc__.split("\n\n")[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("run", metavar="RUN", help="a run id, runs:/<id>/... or models:/<name>@<alias>; a sweep's parent reproduces its jobs")
-    p.add_argument("--checkout", action="store_true", help="run the run's own code: a temporary git worktree at its commit, its patch applied")
-    p.add_argument("--force", action="store_true", help="re-run even when the data differs (the result is then not a reproduction)")
-    p.add_argument("--jobs", choices=("all", "best"), default="all", help="for a sweep: every FINISHED job (default) or only the best")
-    p.add_argument("--tolerance", type=float, default=None, metavar="POINTS", help="'within noise' below this many accuracy points (default: the seed spread, else 0.5)")
+    p = argparse.ArgumentParser(
+        prog="python -m fer_exp.reproduce",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "run",
+        metavar="RUN",
+        help="a run id, runs:/<id>/... or models:/<name>@<alias>; a sweep's parent reproduces its jobs",
+    )
+    p.add_argument(
+        "--checkout",
+        action="store_true",
+        help="run the run's own code: a temporary git worktree at its commit, its patch applied",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="re-run even when the data differs (the result is then not a reproduction)"
+    )
+    p.add_argument(
+        "--jobs",
+        choices=("all", "best"),
+        default="all",
+        help="for a sweep: every FINISHED job (default) or only the best",
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        metavar="POINTS",
+        help="'within noise' below this many accuracy points (default: the seed spread, else 0.5)",
+    )
     p.add_argument("--tracking-dir", default="mlruns", help="the local MLflow store (default mlruns)")
-    p.add_argument("--tracking-uri", default=None, help="a tracking server or store URI (default MLFLOW_TRACKING_URI, else --tracking-dir)")
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="a tracking server or store URI (default MLFLOW_TRACKING_URI, else --tracking-dir)",
+    )
     return p.parse_args(argv)
 
 
@@ -357,8 +428,15 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small text files, one at a time
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries against a server that is away; we say it once
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if not args.tracking_uri and not os.environ.get("MLFLOW_TRACKING_URI") and not (Path(args.tracking_dir) / "mlflow.db").is_file():
-        print(f"fer_exp.reproduce: no MLflow store at {Path(args.tracking_dir).resolve()}: pass --tracking-dir or --tracking-uri", file=sys.stderr)
+    if (
+        not args.tracking_uri
+        and not os.environ.get("MLFLOW_TRACKING_URI")
+        and not (Path(args.tracking_dir) / "mlflow.db").is_file()
+    ):
+        print(
+            f"fer_exp.reproduce: no MLflow store at {Path(args.tracking_dir).resolve()}: pass --tracking-dir or --tracking-uri",
+            file=sys.stderr,
+        )
         return 2
     with contextlib.ExitStack() as stack:
         try:
@@ -366,12 +444,17 @@ def main(argv: list[str] | None = None) -> int:
                 tracking.connect(uri)
                 record = tracking.get_record(tracking.resolve_run(args.run))
             if record["status"] != "FINISHED":
-                raise Refusal(f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce")
+                raise Refusal(
+                    f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce"
+                )
             jobs = [load_job(r) for r in jobs_of(record, args.jobs)]
             experiment = tracking.experiment_name(record["experiment_id"])
             for job in jobs:
                 plan(job, args, stack)
-                print(f"\nreproduce run {job.run_id} ({job.record['name']}, {METRIC} {job.record['metrics'].get(METRIC, float('nan')):.4f}):", flush=True)
+                print(
+                    f"\nreproduce run {job.run_id} ({job.record['name']}, {METRIC} {job.record['metrics'].get(METRIC, float('nan')):.4f}):",
+                    flush=True,
+                )
                 print("\n".join(f"  {aspect:<12} {line}" for aspect, line in job.lines), flush=True)
         except (Refusal, DataError) as e:
             print(f"fer_exp.reproduce: {e}", file=sys.stderr)

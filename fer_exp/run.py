@@ -44,7 +44,9 @@ def main(cfg: DictConfig) -> float | None:
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
     install_signal_handlers()
     if os.environ.get(REMOTE_ENV) and os.path.isdir(hc.runtime.cwd):
-        os.chdir(hc.runtime.cwd)  # on a cluster worker: relative paths (data.root, caches) mean what they do on the driver
+        os.chdir(
+            hc.runtime.cwd
+        )  # on a cluster worker: relative paths (data.root, caches) mean what they do on the driver
     overrides = list(hc.overrides.task)
     run_name = name_of(overrides)  # e.g. "model=deep,lr=0.001"
     try:

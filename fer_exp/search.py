@@ -39,7 +39,7 @@ def storage_url(tracking: dict) -> str:
             f"tracking.uri={uri} is a server: pruning and searches need a study database that every job reaches; "
             "set tracking.study_storage=postgresql://USER:PASSWORD@HOST:5432/DB (e.g. the tracking server's PostgreSQL)"
         )
-    folder = Path(uri[len("sqlite:///"):]).parent if uri else Path(tracking["dir"]).expanduser().resolve()
+    folder = Path(uri[len("sqlite:///") :]).parent if uri else Path(tracking["dir"]).expanduser().resolve()
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'optuna.db'}"
 
@@ -63,7 +63,9 @@ def make_pruner(cfg: dict, epochs: int) -> optuna.pruners.BasePruner:
     if name == "median":
         return optuna.pruners.MedianPruner(n_startup_trials=cfg["min_trials"], n_warmup_steps=cfg["warmup_epochs"])
     if name == "hyperband":
-        hyperband = optuna.pruners.HyperbandPruner(min_resource=max(1, cfg["warmup_epochs"]), max_resource=epochs, reduction_factor=cfg["reduction_factor"])
+        hyperband = optuna.pruners.HyperbandPruner(
+            min_resource=max(1, cfg["warmup_epochs"]), max_resource=epochs, reduction_factor=cfg["reduction_factor"]
+        )
         return _AfterFinishedTrials(hyperband, cfg["min_trials"])
     raise ValueError(f"pruner={name!r} is unknown; choose none, median or hyperband")
 
@@ -99,7 +101,9 @@ def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
         yield None
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=study_ref["name"], storage=study_ref["storage"], pruner=make_pruner(c["pruner"], c["epochs"]))
+    study = optuna.load_study(
+        study_name=study_ref["name"], storage=study_ref["storage"], pruner=make_pruner(c["pruner"], c["epochs"])
+    )
     # a search's trial (public constructor, documented as not for direct use: the trial was asked in the driver), or a grid job's own
     trial = optuna.trial.Trial(study, c["trial"]) if c.get("trial") is not None else study.ask()
     tracking.set_tags({tracking.TAG_TRIAL: f"{trial.number} of study {study.study_name}"})
@@ -137,7 +141,11 @@ def study_plots(out_dir: Path) -> list[Path]:
     study = optuna.load_study(study_name=study_ref["name"], storage=study_ref["storage"])
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, draw in (("optimization_history", ovm.plot_optimization_history), ("param_importances", ovm.plot_param_importances), ("intermediate_values", ovm.plot_intermediate_values)):
+    for name, draw in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+        ("intermediate_values", ovm.plot_intermediate_values),
+    ):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # Optuna's matplotlib plots are "experimental"

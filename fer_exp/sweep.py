@@ -81,7 +81,11 @@ def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:
 
 def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     """Tag the best FINISHED job (reused ones count), register it; returns the summary's lines."""
-    scored = [j for j in jobs + [tracking.get_record(i) for i in reused] if j["status"] == "FINISHED" and METRIC in j["metrics"] and not compare.pruned(j)]
+    scored = [
+        j
+        for j in jobs + [tracking.get_record(i) for i in reused]
+        if j["status"] == "FINISHED" and METRIC in j["metrics"] and not compare.pruned(j)
+    ]
     if not scored:
         return []
     best = max(scored, key=lambda j: j["metrics"][METRIC])
@@ -103,7 +107,9 @@ def _ui_view(parent: str, jobs: list[dict], rows: list[dict]) -> list[str]:
     finished = [r for r in rows if r["status"] == "FINISHED" and r["value"] is not None]
     if finished:
         best = finished[0]
-        tracking.log_metrics_to(parent, {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})})
+        tracking.log_metrics_to(
+            parent, {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})}
+        )
     try:
         link = tracking.share_view(parent, compare.ui_view(parent, jobs, rows, METRIC))
     except Exception as e:  # a view must not fail a finished sweep
@@ -149,7 +155,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
         jobs = _end_lost_jobs(parent, jobs)
     failed = [j for j in jobs if j["status"] != "FINISHED"]
     prefix = tracking.TAG_REUSED + "."
-    reused = [k[len(prefix):] for k in tracking.get_record(parent)["tags"] if k.startswith(prefix)]
+    reused = [k[len(prefix) :] for k in tracking.get_record(parent)["tags"] if k.startswith(prefix)]
     tracking.tag_run(parent, {tracking.TAG_SWEEP: parent})
     lines = [f"\nSweep {parent}: {len(jobs)} job(s), {len(failed)} not finished"]
     if reused:
@@ -157,11 +163,16 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     rows = compare.job_rows(jobs, METRIC)  # best first, only the overrides that differ
     if rows:
         lines.append(compare.table(rows, METRIC))
-    lines += [f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}" for j in failed]
+    lines += [
+        f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}"
+        for j in failed
+    ]
     lines += _pruning(jobs) + _best(parent, jobs, reused) + _ui_view(parent, jobs, rows)
     if out_dir and rows:
         try:
-            files = compare.save(rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)")
+            files = compare.save(
+                rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)"
+            )
             tracking.log_files_to(parent, files)
             lines.append(f"comparison: {files[0]}")
         except Exception as e:  # a plot must not fail a finished sweep

@@ -43,7 +43,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {folder}: {e}", file=sys.stderr)
             failed += 1
             continue
-        print(f"uploaded run {run['run_id']} ({run['name']}, {run['status']}) to {tracking.resolve_uri(None)}; removed {folder}")
+        print(
+            f"uploaded run {run['run_id']} ({run['name']}, {run['status']}) to {tracking.resolve_uri(None)}; removed {folder}"
+        )
     return 1 if failed else 0
 
 

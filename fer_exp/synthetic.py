@@ -41,7 +41,9 @@ def draw_face(kind: str, rng: np.random.Generator, size: int = 48) -> np.ndarray
     skin = float(rng.uniform(110, 230))
     dark = skin * rng.uniform(0.15, 0.4)
     cx, cy = c // 2, c // 2 + 2
-    cv2.ellipse(img, (cx, cy), (int(_jitter(rng, 30, 0.1)), int(_jitter(rng, 38, 0.1))), 0, 0, 360, skin, -1, cv2.LINE_AA)
+    cv2.ellipse(
+        img, (cx, cy), (int(_jitter(rng, 30, 0.1)), int(_jitter(rng, 38, 0.1))), 0, 0, 360, skin, -1, cv2.LINE_AA
+    )
     # eyes and brows, mirrored
     eye_h = max(1.0, _jitter(rng, f["eye"]))
     inner, outer = (_jitter(rng, v, 0.3) + rng.normal(0, 0.8) for v in f["brow"])

@@ -34,7 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-PARENT_ENV = "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes; Ray gets it passed)
+PARENT_ENV = (
+    "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes; Ray gets it passed)
+)
 # Run tags: every one fer_exp sets.
 TAG_ROLE = "fer_exp.role"  # "sweep" (a multirun's parent) or "job"
 TAG_SWEEP = "fer_exp.sweep_id"  # a job's sweep (its parent run id)
@@ -52,7 +54,9 @@ TAG_STOP = "fer_exp.stop_reason"  # epochs | early_stopping | max_minutes | inte
 TAG_ERROR = "fer_exp.error"  # why a run FAILED
 TAG_CHECKPOINT = "fer_exp.checkpoint_epoch"  # epochs in the run's checkpoint/ folder
 TAG_RESUMED_FROM = "fer_exp.resumed_from"  # the interrupted run a job continued
-TAG_REUSED = "fer_exp.reused"  # prefix: on a parent, fer_exp.reused.<run id> for each FINISHED run a resumed sweep reused
+TAG_REUSED = (
+    "fer_exp.reused"  # prefix: on a parent, fer_exp.reused.<run id> for each FINISHED run a resumed sweep reused
+)
 TAG_BEST = "fer_exp.best"  # "true" on a sweep's best job
 TAG_BEST_RUN = "fer_exp.best_run"  # on a parent: its best job's run id
 TAG_TRIAL = "fer_exp.trial"  # the job's trial number in its sweep's Optuna study
@@ -98,9 +102,14 @@ def check_access(uri: str) -> None:
         if e.get_http_status_code() not in (401, 403):
             raise
         user = os.environ.get(USER)
-        why = (f"it refused user {user!r}: check {PASSWORD}" if user and os.environ.get(PASSWORD)
-               else f"it needs a user: set {USER} and {PASSWORD}")
-        raise AccessError(f"the tracking server {uri} requires authentication and {why} (an account its admin created; docs/cluster.md)") from None
+        why = (
+            f"it refused user {user!r}: check {PASSWORD}"
+            if user and os.environ.get(PASSWORD)
+            else f"it needs a user: set {USER} and {PASSWORD}"
+        )
+        raise AccessError(
+            f"the tracking server {uri} requires authentication and {why} (an account its admin created; docs/cluster.md)"
+        ) from None
 
 
 def use_experiment_of(run_id: str) -> None:
@@ -150,7 +159,15 @@ def placement() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_yaml: str, tags: dict[str, str] | None = None, parent: str | None = None, spool: tuple[Path, float] | None = None) -> Iterator[str]:
+def start_run(
+    run_name: str,
+    config_hash: str,
+    params: dict[str, Any],
+    config_yaml: str,
+    tags: dict[str, str] | None = None,
+    parent: str | None = None,
+    spool: tuple[Path, float] | None = None,
+) -> Iterator[str]:
     """A run (nested under `parent`, else under the sweep's parent when there is one) with params and tags.
 
     Ends FINISHED; FAILED with the error as a tag and the traceback as error.txt;
@@ -164,7 +181,9 @@ def start_run(run_name: str, config_hash: str, params: dict[str, Any], config_ya
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **known, **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
-    experiment = MlflowClient().get_run(parent).info.experiment_id if parent else None  # the parent's, else the active one
+    experiment = (
+        MlflowClient().get_run(parent).info.experiment_id if parent else None
+    )  # the parent's, else the active one
     run_id = mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment).info.run_id
     uri = mlflow.get_tracking_uri()
     if spool and is_server(uri):
@@ -203,7 +222,10 @@ _outbox: Outbox | None = None  # the active job run's, on a tracking server
 def _retries(max_retries: int, backoff_factor: int, override: bool = False) -> Iterator[None]:
     """MLflow's HTTP retries inside the block; values set in the environment win unless `override`.
     (MLflow's defaults, 7 retries with backoff factor 2, block a failing call for ~4 minutes.)"""
-    values = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries), "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor)}
+    values = {
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(max_retries),
+        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": str(backoff_factor),
+    }
     saved = {k: os.environ.get(k) for k in values}
     os.environ.update({k: v for k, v in values.items() if override or saved[k] is None})
     try:
@@ -255,8 +277,15 @@ def _end_run(status: str) -> None:
     box.deliver("end_run", status=status)
     with _retries(0, 0, override=True), contextlib.suppress(Exception):
         mlflow.end_run(status)  # clears the active run (then fails to reach the server)
-    log.error("the tracking server stayed away for %g min: run %s %s is kept in %s, its model and checkpoint included. Once the "
-              "server answers, upload it with: python -m fer_exp.sync spool=%s", box.limit_s / 60, box.run["run_id"], status, box.folder, box.folder.parent)
+    log.error(
+        "the tracking server stayed away for %g min: run %s %s is kept in %s, its model and checkpoint included. Once the "
+        "server answers, upload it with: python -m fer_exp.sync spool=%s",
+        box.limit_s / 60,
+        box.run["run_id"],
+        status,
+        box.folder,
+        box.folder.parent,
+    )
 
 
 def set_tags(tags: dict[str, str]) -> None:
@@ -268,10 +297,21 @@ def record(run, history_metric: str | None = None) -> dict:
     while running) and, with `history_metric`, that metric's values per epoch (`history`)."""
     history = []
     if history_metric:
-        history = [m.value for m in sorted(MlflowClient().get_metric_history(run.info.run_id, history_metric), key=lambda m: m.step)]
+        history = [
+            m.value
+            for m in sorted(MlflowClient().get_metric_history(run.info.run_id, history_metric), key=lambda m: m.step)
+        ]
     return {
-        "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "name": run.info.run_name or "", "status": run.info.status, "params": dict(run.data.params),
-        "metrics": dict(run.data.metrics), "tags": dict(run.data.tags), "start": run.info.start_time, "end": run.info.end_time, "history": history,
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        "name": run.info.run_name or "",
+        "status": run.info.status,
+        "params": dict(run.data.params),
+        "metrics": dict(run.data.metrics),
+        "tags": dict(run.data.tags),
+        "start": run.info.start_time,
+        "end": run.info.end_time,
+        "history": history,
     }
 
 
@@ -282,9 +322,9 @@ def get_record(run_id: str, history_metric: str | None = None) -> dict:
 def resolve_run(ref: str) -> str:
     """The run id that `ref` names: a run id, runs:/<id>[/path] or models:/<name>@<alias> | models:/<name>/<version>."""
     if ref.startswith("runs:/"):
-        return ref[len("runs:/"):].strip("/").split("/", 1)[0]
+        return ref[len("runs:/") :].strip("/").split("/", 1)[0]
     if ref.startswith("models:/"):
-        name_version = ref[len("models:/"):].strip("/")
+        name_version = ref[len("models:/") :].strip("/")
         client = MlflowClient()
         if "@" in name_version:
             name, alias = name_version.split("@", 1)
@@ -308,7 +348,9 @@ def histories(run_id: str, keys: list[str]) -> dict[str, list[float]]:
 
 def job_records(experiment_id: str) -> list[dict]:
     """Every FINISHED job run of an experiment, as records."""
-    runs = MlflowClient().search_runs([experiment_id], f"tags.`{TAG_ROLE}` = 'job' and attributes.status = 'FINISHED'", max_results=5000)
+    runs = MlflowClient().search_runs(
+        [experiment_id], f"tags.`{TAG_ROLE}` = 'job' and attributes.status = 'FINISHED'", max_results=5000
+    )
     return [record(r) for r in runs]
 
 
@@ -332,7 +374,9 @@ def experiment_name(experiment_id: str) -> str:
 def find_previous(experiment_id: str, config_hash: str) -> tuple[dict | None, dict | None]:
     """(the newest FINISHED job run of this config, the newest KILLED or lost one with a checkpoint), as records or None."""
     runs = MlflowClient().search_runs(
-        [experiment_id], f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_ROLE}` = 'job'", order_by=["attributes.start_time DESC"]
+        [experiment_id],
+        f"tags.`{TAG_HASH}` = '{config_hash}' and tags.`{TAG_ROLE}` = 'job'",
+        order_by=["attributes.start_time DESC"],
     )
     finished = next((record(r) for r in runs if r.info.status == "FINISHED"), None)
     # FAILED runs start over: their failure (a NaN, a bad value) would likely repeat; not so a lost one (a dead worker).
@@ -361,7 +405,9 @@ def note_reused(run_id: str) -> None:
 
 def log_metrics(metrics: dict[str, float], step: int | None = None) -> None:
     # the time they were measured, also when an outage delays them
-    _deliver("log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, timestamp=int(time.time() * 1000))
+    _deliver(
+        "log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step, timestamp=int(time.time() * 1000)
+    )
 
 
 def log_text(text: str, path: str) -> None:
@@ -428,8 +474,15 @@ def load_logged_model(uri: str, tracking_uri: str) -> tuple[keras.Model, dict]:
 
 # What a job's run records, by name: what the outbox queues and fer_exp.sync replays on the run.
 _SENDERS = {
-    "log_params": mlflow.log_params, "set_tags": mlflow.set_tags, "log_metrics": mlflow.log_metrics, "log_text": mlflow.log_text,
-    "log_dict": mlflow.log_dict, "log_files": _log_files, "log_dataset": _log_dataset, "log_keras_model": _log_keras_model, "end_run": mlflow.end_run,
+    "log_params": mlflow.log_params,
+    "set_tags": mlflow.set_tags,
+    "log_metrics": mlflow.log_metrics,
+    "log_text": mlflow.log_text,
+    "log_dict": mlflow.log_dict,
+    "log_files": _log_files,
+    "log_dataset": _log_dataset,
+    "log_keras_model": _log_keras_model,
+    "end_run": mlflow.end_run,
 }
 
 
@@ -506,7 +559,9 @@ def latest_sweep(experiment: str) -> dict | None:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"no experiment {experiment!r} in this store")
-    runs = client.search_runs([exp.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1)
+    runs = client.search_runs(
+        [exp.experiment_id], f"tags.`{TAG_ROLE}` = 'sweep'", order_by=["attributes.start_time DESC"], max_results=1
+    )
     return record(runs[0]) if runs else None
 
 
@@ -514,7 +569,10 @@ def sweep_jobs(parent_id: str, history_metric: str | None = None) -> list[dict]:
     """The job runs nested under a sweep's parent run, oldest first, as records."""
     client = MlflowClient()
     runs = client.search_runs(
-        [client.get_run(parent_id).info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'", order_by=["attributes.start_time ASC"], max_results=10000
+        [client.get_run(parent_id).info.experiment_id],
+        f"tags.mlflow.parentRunId = '{parent_id}'",
+        order_by=["attributes.start_time ASC"],
+        max_results=10000,
     )
     return [record(r, history_metric) for r in runs]
 

@@ -87,22 +87,47 @@ def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str
     table = count_table(splits, classes)
     log.info("data from %s:\n%s", source, table)
     tracking.log_text(table, "data/class_counts.txt")
-    tracking.log_dict({n: dict(zip(classes, s.counts(len(classes)).tolist())) for n, s in splits.items()}, "data/class_counts.json")
+    tracking.log_dict(
+        {n: dict(zip(classes, s.counts(len(classes)).tolist())) for n, s in splits.items()}, "data/class_counts.json"
+    )
     for split_name, split in splits.items():
-        tracking.log_dataset(f"{name}-{split_name}", source, split.digest, "training" if split_name == "train" else "validation")
+        tracking.log_dataset(
+            f"{name}-{split_name}", source, split.digest, "training" if split_name == "train" else "validation"
+        )
         stats = {f"data_{split_name}_{k}": v for k, v in split.stats.items()}
-        tracking.log_metrics({f"data_{split_name}_images": len(split), f"data_{split_name}_skipped": len(split.skipped), **stats})
+        tracking.log_metrics(
+            {f"data_{split_name}_images": len(split), f"data_{split_name}_skipped": len(split.skipped), **stats}
+        )
         if split.skipped:
-            tracking.log_text("\n".join(f"{src}\t{why}" for src, why in split.skipped), f"data/skipped_{split_name}.tsv")
+            tracking.log_text(
+                "\n".join(f"{src}\t{why}" for src, why in split.skipped), f"data/skipped_{split_name}.tsv"
+            )
 
 
-def make_callbacks(c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, trial=None) -> tuple[list, dict]:
+def make_callbacks(
+    c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, trial=None
+) -> tuple[list, dict]:
     """(the callbacks of fit, {"budget", "stopper", "checkpoint", "trial"}: those whose outcome is read after fit)."""
     es = c["early_stopping"]
-    watch = {"budget": TimeBudget(c["max_minutes"]), "checkpoint": EpochCheckpoint(out / "checkpoint", best, history), "stopper": None, "trial": trial}
-    callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), watch["budget"], watch["checkpoint"], *([trial] if trial else [])]
+    watch = {
+        "budget": TimeBudget(c["max_minutes"]),
+        "checkpoint": EpochCheckpoint(out / "checkpoint", best, history),
+        "stopper": None,
+        "trial": trial,
+    }
+    callbacks = [
+        StopOnSignal(),
+        StopOnNonFinite(),
+        best,
+        EpochLogger(),
+        watch["budget"],
+        watch["checkpoint"],
+        *([trial] if trial else []),
+    ]
     if es["patience"] > 0:
-        watch["stopper"] = keras.callbacks.EarlyStopping(monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1)
+        watch["stopper"] = keras.callbacks.EarlyStopping(
+            monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1
+        )
         callbacks.append(watch["stopper"])
     return callbacks, watch
 
@@ -115,20 +140,36 @@ def stop_reason(watch: dict) -> str:
     return "early_stopping" if watch["stopper"] and watch["stopper"].stopped_epoch > 0 else "epochs"
 
 
-def report(c: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str) -> dict:
+def report(
+    c: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
+) -> dict:
     """Evaluate the kept model on validation; log it, its class list, curves, confusion matrix and report."""
     out = model_file.parent
     # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
     kept = model if c["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
     ev = evaluate(kept, val.images, val.labels, classes, c["tta_views"])
     plots.save(plots.training_curves(history, title=run_name), out / "curves.png")
-    plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=f"{run_name}: validation accuracy {ev.accuracy:.1%}"), out / "confusion_matrix.png")
+    plots.save(
+        plots.confusion_matrix_figure(
+            ev.confusion, classes, title=f"{run_name}: validation accuracy {ev.accuracy:.1%}"
+        ),
+        out / "confusion_matrix.png",
+    )
     (out / "classification_report.txt").write_text(ev.text)
     names = write_classes(model_file, classes)
-    tracking.log_files([model_file, names, out / "curves.png", out / "confusion_matrix.png", out / "classification_report.txt"])
+    tracking.log_files(
+        [model_file, names, out / "curves.png", out / "confusion_matrix.png", out / "classification_report.txt"]
+    )
     tracking.log_dict(ev.report, "classification_report.json")
     tracking.log_keras_model(kept, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
-    log.info("validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s", ev.accuracy, ev.tta_accuracy, c["tta_views"], c["keep_weights"], ev.text)
+    log.info(
+        "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s",
+        ev.accuracy,
+        ev.tta_accuracy,
+        c["tta_views"],
+        c["keep_weights"],
+        ev.text,
+    )
     return {"val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": kept.count_params()}
 
 
@@ -140,7 +181,9 @@ def reuse(c: dict, finished: dict, run_name: str) -> dict:
     return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
 
 
-def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()) -> dict:
+def train(
+    cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()
+) -> dict:
     """Train one model as `cfg` describes, record it in MLflow, return its key results.
 
     With resume=true, a config that already FINISHED is not trained again, and an
@@ -158,41 +201,87 @@ def train(cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None 
     keras.utils.set_random_seed(c["seed"])
     if c["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
+    tags = {
+        tracking.TAG_OVERRIDES: " ".join(overrides),
+        **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {}),
+    }
     where = machine.describe(c["precision"])  # the CPU, and the precision and kernels chosen for it
     tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()})
     spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
-    with tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags, spool=spool) as run_id, search.trial_for(c) as trial:
+    with (
+        tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags, spool=spool) as run_id,
+        search.trial_for(c) as trial,
+    ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(c["data"], seed=c["seed"])
         classes, train_split, val_split = list(c["data"]["classes"]), splits["train"], splits["validation"]
         log_data(splits, source, c["data"]["name"], classes)
         model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
         es = c["early_stopping"]
-        best = keras.callbacks.ModelCheckpoint(str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True)
+        best = keras.callbacks.ModelCheckpoint(
+            str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True
+        )
         if interrupted:
             model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
             log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
         else:
-            model, state = compile_model(c, len(classes), -(-len(train_split) // max(1, c["batch_size"]))), {"epoch": -1, "history": {}}
+            model, state = (
+                compile_model(c, len(classes), -(-len(train_split) // max(1, c["batch_size"]))),
+                {"epoch": -1, "history": {}},
+            )
         tracking.log_metrics({"params": model.count_params()})
         augmenter = build_augmenter(**c["augment"], seed=c["seed"])
-        train_ds = make_dataset(train_split.images, train_split.labels, len(classes), c["batch_size"], augmenter, training=True, seed=c["seed"])
+        train_ds = make_dataset(
+            train_split.images,
+            train_split.labels,
+            len(classes),
+            c["batch_size"],
+            augmenter,
+            training=True,
+            seed=c["seed"],
+        )
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
         callbacks, watch = make_callbacks(c, out, best, state["history"], trial)
-        log.info("training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s", c["model"]["name"], f"{model.count_params():,}", c["epochs"], len(train_split), where["cpu"], where["precision"], where["onednn"])
+        log.info(
+            "training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s",
+            c["model"]["name"],
+            f"{model.count_params():,}",
+            c["epochs"],
+            len(train_split),
+            where["cpu"],
+            where["precision"],
+            where["onednn"],
+        )
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
         start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
-        model.fit(train_ds, validation_data=val_ds, epochs=c["epochs"], initial_epoch=state["epoch"] + 1, shuffle=False, class_weight=weights, callbacks=callbacks, verbose=fit_verbosity(c["verbose"]))
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=c["epochs"],
+            initial_epoch=state["epoch"] + 1,
+            shuffle=False,
+            class_weight=weights,
+            callbacks=callbacks,
+            verbose=fit_verbosity(c["verbose"]),
+        )
         seconds, reason, history = time.time() - start, stop_reason(watch), watch["checkpoint"].history
         epochs_run = len(history.get("loss", []))
         kept = keep_weights(c, model, model_file, history, es)
         tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
         result = report(c, model, model_file, val_split, classes, history, run_name)
-        tracking.log_metrics({"best_val_accuracy": result["val_accuracy"], "val_accuracy_tta": result["val_accuracy_tta"], "train_seconds": seconds, "epochs_run": epochs_run})
-        log.info("%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", run_name, epochs_run, reason, seconds, kept)
+        tracking.log_metrics(
+            {
+                "best_val_accuracy": result["val_accuracy"],
+                "val_accuracy_tta": result["val_accuracy_tta"],
+                "train_seconds": seconds,
+                "epochs_run": epochs_run,
+            }
+        )
+        log.info(
+            "%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", run_name, epochs_run, reason, seconds, kept
+        )
         if trial:
             trial.value = result["val_accuracy"]
     return {"run_id": run_id, **result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}

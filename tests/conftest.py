@@ -40,7 +40,9 @@ def compose():
     return _compose
 
 
-def write_folders(root: Path, per_class: int = 3, splits=("train", "validation"), classes=CLASSES, ext: str = ".png", seed: int = 0):
+def write_folders(
+    root: Path, per_class: int = 3, splits=("train", "validation"), classes=CLASSES, ext: str = ".png", seed: int = 0
+):
     """Class folders of synthetic faces: root/<split>/<class>/<i><ext>. Returns {split: Split}."""
     from fer_exp.data import synthetic_split
 
@@ -128,7 +130,15 @@ def jobs(runs):
 
 def cli(tmp_path, *args) -> list[str]:
     """The command `python -m fer_exp.run ARGS` with its store and outputs under tmp_path."""
-    return [sys.executable, "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    return [
+        sys.executable,
+        "-m",
+        "fer_exp.run",
+        *args,
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
 
 
 def user_env() -> dict[str, str]:
@@ -140,7 +150,9 @@ def user_env() -> dict[str, str]:
 
 def run_cli(tmp_path, *args, timeout=900):
     """Run `python -m fer_exp.run ARGS` (see cli) to its end."""
-    return subprocess.run(cli(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_env())
+    return subprocess.run(
+        cli(tmp_path, *args), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_env()
+    )
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +185,15 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
 
 def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
     """A long-running process in its own process group (killed with everything it started)."""
-    return subprocess.Popen(command, cwd=cwd, shell=shell, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True, env={**user_env(), **(env or {})})
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        shell=shell,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**user_env(), **(env or {})},
+    )
 
 
 def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
@@ -188,5 +208,11 @@ def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
 
 def make_command(target: str, **variables) -> str:
     """The command line `make TARGET VAR=...` runs (from a dry run), to start it as a process here."""
-    dry = subprocess.run(["make", "-s", "-n", target, *(f"{k}={v}" for k, v in variables.items())], cwd=ROOT, capture_output=True, text=True, check=True)
+    dry = subprocess.run(
+        ["make", "-s", "-n", target, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return dry.stdout.replace("\\\n", " ").strip().splitlines()[-1]

@@ -42,6 +42,9 @@ def test_inference_is_untouched_and_seeded_draws_repeat():
 
 def test_builder_and_bad_flip():
     assert build_augmenter() is None
-    assert [type(layer).__name__ for layer in build_augmenter(rotation=10, erasing=0.5).layers] == ["RandomAffine", "RandomErasing"]
+    assert [type(layer).__name__ for layer in build_augmenter(rotation=10, erasing=0.5).layers] == [
+        "RandomAffine",
+        "RandomErasing",
+    ]
     with pytest.raises(ValueError, match="augment.flip"):
         RandomAffine(flip="diagonal")

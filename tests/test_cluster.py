@@ -21,7 +21,11 @@ pytestmark = pytest.mark.slow
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Notice a dead node in ~2 s instead of Ray's default ~30 s
-FAST_HEALTH_CHECK = {"RAY_health_check_period_ms": "500", "RAY_health_check_timeout_ms": "500", "RAY_health_check_failure_threshold": "3"}
+FAST_HEALTH_CHECK = {
+    "RAY_health_check_period_ms": "500",
+    "RAY_health_check_timeout_ms": "500",
+    "RAY_health_check_failure_threshold": "3",
+}
 
 
 def wait_started(node: subprocess.Popen, log: Path, timeout: float = 120) -> None:
@@ -46,7 +50,20 @@ def cluster(tmp_path_factory):
         # Ray swaps 127.0.0.1 for this machine's own address (its nodes must reach each other); still one machine
         node = [RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
         # started elsewhere than the driver: jobs move to the driver's folder (a git checkout) themselves
-        nodes.append(start([*node, "--head", f"--port={gcs}", "--include-dashboard=false", f"--ray-client-server-port={free_port()}"], tmp / "head.log", FAST_HEALTH_CHECK, cwd=tmp))
+        nodes.append(
+            start(
+                [
+                    *node,
+                    "--head",
+                    f"--port={gcs}",
+                    "--include-dashboard=false",
+                    f"--ray-client-server-port={free_port()}",
+                ],
+                tmp / "head.log",
+                FAST_HEALTH_CHECK,
+                cwd=tmp,
+            )
+        )
         wait_started(nodes[0], tmp / "head.log")
         nodes.append(start([*node, f"--address={address}"], tmp / "worker.log", cwd=tmp))
         wait_started(nodes[1], tmp / "worker.log")
@@ -67,7 +84,17 @@ def sweep_runs(client, sweep_dir: Path):
 
 def test_a_sweep_runs_on_both_nodes_and_logs_through_the_server(cluster):
     url, address, _, tmp = cluster
-    p = run_cli(tmp / "first", "-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=deep,shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", "debug=tiny")
+    p = run_cli(
+        tmp / "first",
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        "model=deep,shallow",
+        "lr=1e-4,1e-3",
+        "tracking=server",
+        f"tracking.uri={url}",
+        "debug=tiny",
+    )
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
     assert "4 job(s), 0 not finished" in p.stdout
     client = MlflowClient(url)
@@ -75,19 +102,42 @@ def test_a_sweep_runs_on_both_nodes_and_logs_through_the_server(cluster):
     assert parent.info.status == "FINISHED" and len(children) == 4 and {r.info.status for r in children} == {"FINISHED"}
     assert len({r.data.tags["fer_exp.ray_node"] for r in children}) == 2  # the head and the worker node both ran jobs
     assert all("mlflow.source.git.commit" in r.data.tags for r in children)  # ran in the driver's checkout
-    model = keras.models.load_model(client.download_artifacts(children[0].info.run_id, "model.h5", str(tmp)), compile=False)
+    model = keras.models.load_model(
+        client.download_artifacts(children[0].info.run_id, "model.h5", str(tmp)), compile=False
+    )
     assert model.output_shape == (None, 7)
-    assert client.get_experiment_by_name("fer_exp").artifact_location.startswith("mlflow-artifacts:")  # uploads go through the server
+    assert client.get_experiment_by_name("fer_exp").artifact_location.startswith(
+        "mlflow-artifacts:"
+    )  # uploads go through the server
     assert list((tmp / "served").rglob("model.h5")) and not (tmp / "first" / "mlruns").exists()  # no local store
     assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id in {r.info.run_id for r in children}
 
 
 def test_a_killed_worker_node_fails_its_job_only_and_resume_continues_just_that(cluster):
     url, address, worker, tmp = cluster
-    args = ["-m", "hydra/launcher=ray", f"hydra.launcher.ray.init.address={address}", "model=shallow", "lr=1e-4,1e-3", "tracking=server", f"tracking.uri={url}", "debug=tiny", "epochs=20", "early_stopping.patience=0", "batch_size=8"]
+    args = [
+        "-m",
+        "hydra/launcher=ray",
+        f"hydra.launcher.ray.init.address={address}",
+        "model=shallow",
+        "lr=1e-4,1e-3",
+        "tracking=server",
+        f"tracking.uri={url}",
+        "debug=tiny",
+        "epochs=20",
+        "early_stopping.patience=0",
+        "batch_size=8",
+    ]
     client = MlflowClient(url)
     exp = client.get_experiment_by_name("fer_exp")
-    sweep = subprocess.Popen(cli(tmp / "second", *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
+    sweep = subprocess.Popen(
+        cli(tmp / "second", *args),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=user_env(),
+    )
     deadline = time.time() + 180
     running = "attributes.status = 'RUNNING' and tags.`fer_exp.role` = 'job' and tags.`fer_exp.checkpoint_epoch` != ''"
     while len(client.search_runs([exp.experiment_id], running)) < 2:  # one on each node, each past its first epoch
@@ -100,11 +150,18 @@ def test_a_killed_worker_node_fails_its_job_only_and_resume_continues_just_that(
     parent, children = sweep_runs(client, tmp / "second" / "sweep")
     lost, done = sorted(children, key=lambda r: r.info.status)
     assert parent.info.status == "FAILED" and (lost.info.status, done.info.status) == ("FAILED", "FINISHED")
-    assert lost.data.tags["fer_exp.error"].startswith("lost:") and lost.data.tags["fer_exp.ray_node"] != done.data.tags["fer_exp.ray_node"]
+    assert (
+        lost.data.tags["fer_exp.error"].startswith("lost:")
+        and lost.data.tags["fer_exp.ray_node"] != done.data.tags["fer_exp.ray_node"]
+    )
     assert f"FAILED: {lost.info.run_name}: lost:" in out  # the summary names it
 
     p = run_cli(tmp / "third", *args, "resume=true")  # only the head is left
     assert p.returncode == 0, (p.stdout + p.stderr)[-3000:]
-    assert "1 job(s), 0 not finished" in p.stdout and f"already FINISHED earlier, reused: {done.info.run_id}" in p.stdout
+    assert (
+        "1 job(s), 0 not finished" in p.stdout and f"already FINISHED earlier, reused: {done.info.run_id}" in p.stdout
+    )
     _, (rerun,) = sweep_runs(client, tmp / "third" / "sweep")
-    assert rerun.info.status == "FINISHED" and rerun.data.tags["fer_exp.resumed_from"] == lost.info.run_id  # from its last checkpoint
+    assert (
+        rerun.info.status == "FINISHED" and rerun.data.tags["fer_exp.resumed_from"] == lost.info.run_id
+    )  # from its last checkpoint

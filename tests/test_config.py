@@ -53,8 +53,16 @@ def test_unknown_model_name_is_a_clear_error():
 
 
 def test_help_lists_groups_and_options():
-    out = subprocess.run([sys.executable, "-m", "fer_exp.run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for line in ("model: deep, efficientnet_b2, shallow", "augment: none, seed", "lr:", "batch_size:", "early_stopping:"):
+    out = subprocess.run(
+        [sys.executable, "-m", "fer_exp.run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    for line in (
+        "model: deep, efficientnet_b2, shallow",
+        "augment: none, seed",
+        "lr:",
+        "batch_size:",
+        "early_stopping:",
+    ):
         assert line in out
 
 
@@ -73,11 +81,21 @@ def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):
     assert fit_verbosity("auto") == 1 and fit_verbosity(2) == 2
 
 
-@pytest.mark.parametrize("launcher, expected", [
-    ("ray", ["_target_: hydra_plugins.fer_exp_ray.FaultTolerantRayLauncher", "max_retries: 0"]),
-    # SLURM cannot run here: this checks the config composes against the plugin's schema
-    ("slurm", ["_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher", "cpus_per_task: 8", "signal_delay_s: 120"]),
-])
+@pytest.mark.parametrize(
+    "launcher, expected",
+    [
+        ("ray", ["_target_: hydra_plugins.fer_exp_ray.FaultTolerantRayLauncher", "max_retries: 0"]),
+        # SLURM cannot run here: this checks the config composes against the plugin's schema
+        (
+            "slurm",
+            [
+                "_target_: hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher",
+                "cpus_per_task: 8",
+                "signal_delay_s: 120",
+            ],
+        ),
+    ],
+)
 def test_cluster_launcher_configs_compose(launcher, expected):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="the cluster extra is not installed")
     cmd = [sys.executable, "-m", "fer_exp.run", f"hydra/launcher={launcher}", "--cfg", "hydra", "-p", "hydra.launcher"]
@@ -87,7 +105,10 @@ def test_cluster_launcher_configs_compose(launcher, expected):
         assert line in p.stdout
 
 
-@pytest.mark.parametrize("bad, key", [("lr=abc", "lr="), ("epochs=-3", "epochs="), ("optimizer=adamm", "optimizer="), ("tta_views=11", "tta_views=")])
+@pytest.mark.parametrize(
+    "bad, key",
+    [("lr=abc", "lr="), ("epochs=-3", "epochs="), ("optimizer=adamm", "optimizer="), ("tta_views=11", "tta_views=")],
+)
 def test_a_bad_value_fails_at_once_naming_the_key(compose, bad, key):
     from fer_exp.config import ConfigError, validate
 

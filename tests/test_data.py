@@ -32,7 +32,9 @@ def test_csv_and_folders_give_identical_arrays_and_labels(tmp_path, compose):
     written = write_folders(tmp_path / "fer", per_class=3)
     write_csv(tmp_path / "fer2013.csv", {"Training": written["train"], "PublicTest": written["validation"]})
     from_folders, _ = load_data(data_cfg(compose, f"data.root={tmp_path / 'fer'}", "data.cache_dir=null"))
-    csv_cfg = data_cfg(compose, "data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", f"data.cache_dir={tmp_path / 'cache'}")
+    csv_cfg = data_cfg(
+        compose, "data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", f"data.cache_dir={tmp_path / 'cache'}"
+    )
     from_csv, _ = load_data(csv_cfg)
     assert len(list((tmp_path / "cache").glob("fer2013-*.npz"))) == 3  # one parse cached every Usage
     for name in ("train", "validation"):
@@ -84,12 +86,21 @@ def test_missing_root_and_split_name_the_path_layout_and_override(tmp_path):
     with pytest.raises(DataError, match=r"(?s)data root not found: .*nowhere.*Expected layout.*data.root="):
         load_folder_split(tmp_path / "nowhere", "train", CLASSES)
     (tmp_path / "fer" / "Training").mkdir(parents=True)
-    with pytest.raises(DataError, match=r"(?s)split folder not found: .*fer/train \(folders there: \['Training'\]\).*data.train_split"):
+    with pytest.raises(
+        DataError, match=r"(?s)split folder not found: .*fer/train \(folders there: \['Training'\]\).*data.train_split"
+    ):
         load_folder_split(tmp_path / "fer", "train", CLASSES)
 
 
 def test_missing_root_on_the_command_line_is_a_message_not_a_traceback(tmp_path):
-    cmd = [sys.executable, "-m", "fer_exp.run", f"data.root={tmp_path / 'nowhere'}", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'out'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fer_exp.run",
+        f"data.root={tmp_path / 'nowhere'}",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'out'}",
+    ]
     p = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True)
     assert p.returncode == 2
     assert "data root not found" in p.stderr + p.stdout and "data.root=" in p.stderr + p.stdout
@@ -182,4 +193,8 @@ def test_balanced_class_weights_and_per_class_limit():
 def test_count_table_lists_every_class_and_total():
     split = data.Split(np.zeros((3, 2, 2), np.uint8), np.array([0, 3, 3]))
     table = data.count_table({"train": split}, CLASSES)
-    assert "happy" in table and table.splitlines()[4].split() == ["happy", "2"] and table.splitlines()[-1].split() == ["total", "3"]
+    assert (
+        "happy" in table
+        and table.splitlines()[4].split() == ["happy", "2"]
+        and table.splitlines()[-1].split() == ["total", "3"]
+    )

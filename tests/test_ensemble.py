@@ -10,7 +10,9 @@ from fer_exp import ensemble, evaluate, predict
 
 def tiny_model(side: int, name: str) -> keras.Model:
     inputs = keras.Input((side, side, 1))
-    return keras.Model(inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)), name=name)
+    return keras.Model(
+        inputs, keras.layers.Dense(7, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)), name=name
+    )
 
 
 def test_members_must_share_input_and_classes():
@@ -27,11 +29,13 @@ def test_greedy_selection_starts_from_the_best_member_and_only_improves():
     import numpy as np
 
     labels = np.array([0, 1, 1, 0])
-    probs = np.array([
-        [[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.6, 0.4]],  # 3 of 4 right: the best
-        [[0.2, 0.8], [0.4, 0.6], [0.1, 0.9], [0.9, 0.1]],  # 3 of 4 right, other mistakes
-        [[0.5, 0.5], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]],  # 2 of 4
-    ])
+    probs = np.array(
+        [
+            [[0.9, 0.1], [0.1, 0.9], [0.6, 0.4], [0.6, 0.4]],  # 3 of 4 right: the best
+            [[0.2, 0.8], [0.4, 0.6], [0.1, 0.9], [0.9, 0.1]],  # 3 of 4 right, other mistakes
+            [[0.5, 0.5], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]],  # 2 of 4
+        ]
+    )
     assert ensemble.greedy(probs, labels) == [0, 1]  # together: 4 of 4
     assert ensemble.greedy(probs[[2]], labels) == [0]
 
@@ -54,10 +58,26 @@ def test_a_sweeps_top_three_become_one_model(tmp_path, capsys):
     # the ensemble is a model like any other: evaluate and predict take it
     write_folders(tmp_path / "new", per_class=2, splits=("test",), seed=5)
     uri = f"model=runs:/{run.info.run_id}/model"
-    assert evaluate.main([uri, f"data_dir={tmp_path / 'new' / 'test'}", "tta=1", f"out_dir={tmp_path / 'ev'}", f"tracking_dir={store_dir}"]) == 0
+    assert (
+        evaluate.main(
+            [
+                uri,
+                f"data_dir={tmp_path / 'new' / 'test'}",
+                "tta=1",
+                f"out_dir={tmp_path / 'ev'}",
+                f"tracking_dir={store_dir}",
+            ]
+        )
+        == 0
+    )
     assert "14 images" in capsys.readouterr().out
     faces = sorted((tmp_path / "new" / "test").glob("*/*"))[:3]
-    assert predict.main([uri, *map(str, faces), "--no-detect", "--tracking-dir", str(store_dir), "--out", str(tmp_path / "pred")]) == 0
+    assert (
+        predict.main(
+            [uri, *map(str, faces), "--no-detect", "--tracking-dir", str(store_dir), "--out", str(tmp_path / "pred")]
+        )
+        == 0
+    )
     assert len([line for line in capsys.readouterr().out.splitlines() if "\tface 1/1" in line]) == 3
     # runs= averages the runs named, wherever they come from: a top-level run, not a sweep's child
     a, b, _ = members

@@ -24,7 +24,15 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("trained")
     write_folders(tmp / "fer", per_class=4, classes=THREE)
-    overrides = [f"data.root={tmp / 'fer'}", "data.classes=[happy,neutral,sad]", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp / 'mlruns'}"]
+    overrides = [
+        f"data.root={tmp / 'fer'}",
+        "data.classes=[happy,neutral,sad]",
+        "data.cache_dir=null",
+        "model=shallow",
+        "epochs=1",
+        "batch_size=8",
+        f"tracking.dir={tmp / 'mlruns'}",
+    ]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides)
     result = train(cfg, output_dir=tmp / "out")
@@ -34,9 +42,22 @@ def trained(tmp_path_factory):
 def test_evaluate_a_logged_run_on_a_new_labelled_folder(tmp_path, trained, capsys):
     run_id, store, _ = trained
     write_folders(tmp_path / "new", per_class=2, splits=("test",), classes=THREE, seed=99)
-    assert main([f"model=runs:/{run_id}/model", f"data_dir={tmp_path / 'new' / 'test'}", "tta=4", f"out_dir={tmp_path / 'ev'}", f"tracking_dir={store}"]) == 0
+    assert (
+        main(
+            [
+                f"model=runs:/{run_id}/model",
+                f"data_dir={tmp_path / 'new' / 'test'}",
+                "tta=4",
+                f"out_dir={tmp_path / 'ev'}",
+                f"tracking_dir={store}",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "6 images" in out and "classes happy, neutral, sad" in out and "single view" in out and "with 4-view TTA" in out
+    assert (
+        "6 images" in out and "classes happy, neutral, sad" in out and "single view" in out and "with 4-view TTA" in out
+    )
     rows = list(csv.reader(open(tmp_path / "ev" / "predictions.csv")))
     assert rows[0] == ["path", "true_label", "predicted_label", *THREE] and len(rows) == 7
     assert all(r[1] in THREE and r[2] in THREE and abs(sum(map(float, r[3:])) - 1) < 1e-4 for r in rows[1:])

@@ -18,7 +18,14 @@ needs_fer = pytest.mark.skipif(not SHARED_FER.is_dir(), reason="needs ../shared/
 def model_file(tmp_path_factory):
     """A small (untrained) 48x48 -> 7 classifier saved as .h5 without a class list (FER2013's 7 assumed)."""
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((48, 48, 1)), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(7, activation="softmax")])
+    model = keras.Sequential(
+        [
+            keras.Input((48, 48, 1)),
+            keras.layers.Conv2D(4, 3, activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(7, activation="softmax"),
+        ]
+    )
     path = tmp_path_factory.mktemp("model") / "model.h5"
     model.save(path)
     return path
@@ -46,7 +53,10 @@ def test_no_detect_folder_with_broken_files(model_file, tmp_path, capsys):
     assert code == 1
     lines = face_lines(captured.out)
     assert [line[0].rsplit("/", 1)[1] for line in lines] == ["face0.png", "face1.png", "face2.png"]
-    assert all(line[1] == "face 1/1" and line[2] == "box 0,0,96,96" and line[3] in CLASSES and 0 < float(line[4]) <= 1 for line in lines)
+    assert all(
+        line[1] == "face 1/1" and line[2] == "box 0,0,96,96" and line[3] in CLASSES and 0 < float(line[4]) <= 1
+        for line in lines
+    )
     assert "broken.jpg: error: unreadable or not an image" in captured.err and "empty.png: error" in captured.err
     assert "3 of 5 file(s) processed, 3 face(s); 2 failed" in captured.err
     rows = read_rows(out / "predictions.csv")
@@ -67,7 +77,12 @@ def test_missing_model_and_missing_file(model_file, tmp_path, capsys):
 def test_photo_without_a_face_is_reported(model_file, tmp_path, capsys, detector):
     noise = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     cv2.imwrite(str(tmp_path / "noise.png"), noise)
-    assert predict.main([f"model={model_file}", str(tmp_path / "noise.png"), "--detector", detector, "--out", str(tmp_path / "out")]) == 1
+    assert (
+        predict.main(
+            [f"model={model_file}", str(tmp_path / "noise.png"), "--detector", detector, "--out", str(tmp_path / "out")]
+        )
+        == 1
+    )
     assert "noise.png: error: no face found" in capsys.readouterr().err
 
 
@@ -78,7 +93,10 @@ def test_level_and_crop_rotates_about_the_centre_and_scales():
     upright = faces.level_and_crop(img, (100, 100), 100, 90.0, 48)
     assert level.shape == (48, 48) and level[24, 2:46].min() > 200 and level[2, 24] == 0
     assert upright[2:46, 24].min() > 200 and upright[24, 2] == 0  # rotated a quarter turn
-    assert faces.eye_angle((30, 20), (10, 10)) == pytest.approx(26.565, abs=1e-3) and faces.eye_angle((10, 10), (20, 40)) == 0.0  # too steep
+    assert (
+        faces.eye_angle((30, 20), (10, 10)) == pytest.approx(26.565, abs=1e-3)
+        and faces.eye_angle((10, 10), (20, 40)) == 0.0
+    )  # too steep
 
 
 def write_clip(path, frame: np.ndarray, seconds: float = 3, fps: int = 10) -> int:
@@ -95,7 +113,17 @@ def test_a_clip_gives_a_row_per_sampled_frame_an_annotated_clip_and_a_timeline(m
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "text.avi").write_text("not a video")
     out = tmp_path / "out"
-    code = predict.main([f"model={model_file}", str(tmp_path / "clip.mp4"), str(tmp_path / "empty.mp4"), str(tmp_path / "text.avi"), "--no-detect", "--out", str(out)])
+    code = predict.main(
+        [
+            f"model={model_file}",
+            str(tmp_path / "clip.mp4"),
+            str(tmp_path / "empty.mp4"),
+            str(tmp_path / "text.avi"),
+            "--no-detect",
+            "--out",
+            str(out),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1 and "empty.mp4: error:" in captured.err and "text.avi: error:" in captured.err
     rows = read_rows(out / "predictions.csv")
@@ -113,7 +141,9 @@ def pasted_photo(faces_48: list[np.ndarray], size: int = 160) -> tuple[np.ndarra
     photo[:] = np.linspace(40, 200, 640, dtype=np.uint8)[None, :, None]
     corners = [(60 + i * 300, 120 + 80 * i) for i in range(len(faces_48))]
     for (x, y), face in zip(corners, faces_48):
-        photo[y : y + size, x : x + size] = cv2.cvtColor(cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR)
+        photo[y : y + size, x : x + size] = cv2.cvtColor(
+            cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR
+        )
     return photo, corners
 
 

@@ -23,7 +23,9 @@ def test_tta_views_are_flips_and_shifted_crops():
 def test_tta_averages_probabilities_over_views():
     # a "model" that answers class 1 for images whose left half is brighter, else class 0
     inputs = keras.Input((48, 48, 1))
-    left_minus_right = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, :, :24] - x[:, :, 24:], axis=(1, 2, 3)))(inputs)
+    left_minus_right = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, :, :24] - x[:, :, 24:], axis=(1, 2, 3)))(
+        inputs
+    )
     probs = keras.layers.Lambda(lambda d: keras.ops.stack([d < 0, d > 0], axis=1))(left_minus_right)
     model = keras.Model(inputs, keras.ops.cast(probs, "float32"))
     img = np.zeros((1, 48, 48), np.uint8)
@@ -65,7 +67,17 @@ def test_cosine_schedule_warms_up_then_decays():
 def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     from fer_exp.train import train
 
-    cfg = compose(["experiment=recipe", "data=synthetic", "data.train_per_class=4", "data.val_per_class=2", "epochs=2", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(
+        [
+            "experiment=recipe",
+            "data=synthetic",
+            "data.train_per_class=4",
+            "data.val_per_class=2",
+            "epochs=2",
+            "batch_size=8",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+        ]
+    )
     assert cfg.model.name == "vgg" and cfg.augment.flip == "horizontal" and cfg.ema and cfg.keep_weights == "last"
     result = train(cfg, output_dir=tmp_path / "out")
     run = mlflow.MlflowClient().get_run(result["run_id"])
@@ -79,14 +91,19 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
 
     assert cfg.precision == "auto" and run.data.params["precision"] == "auto"
     assert run.data.tags["fer_exp.machine.precision"] == machine.precision("auto") in ("float32", "mixed_bfloat16")
-    assert run.data.tags["fer_exp.machine.cpu"] == machine.cpu()[0] and run.data.tags["fer_exp.machine.onednn"] in ("on", "off")
+    assert run.data.tags["fer_exp.machine.cpu"] == machine.cpu()[0] and run.data.tags["fer_exp.machine.onednn"] in (
+        "on",
+        "off",
+    )
     # best_val_accuracy scores the weights kept in model.h5 (the final EMA weights), not a per-epoch value
     from fer_exp.data import synthetic_split
     from fer_exp.evaluate import evaluate
 
     kept = keras.models.load_model(tmp_path / "out" / "model.h5", compile=False)
     val = synthetic_split(2, list(cfg.data.classes), 48, seed=cfg.seed + 1)
-    assert evaluate(kept, val.images, val.labels, list(cfg.data.classes)).accuracy == pytest.approx(run.data.metrics["best_val_accuracy"])
+    assert evaluate(kept, val.images, val.labels, list(cfg.data.classes)).accuracy == pytest.approx(
+        run.data.metrics["best_val_accuracy"]
+    )
 
 
 def test_fast_costs_under_a_third_of_the_recipes_training_flops(compose):
@@ -115,10 +132,17 @@ def test_vgg_crop_sees_the_central_crop_of_whole_faces():
     np.testing.assert_allclose(cropped.predict(faces, verbose=0), cropped.predict(bordered, verbose=0), atol=1e-6)
 
 
-@pytest.mark.parametrize(("flags", "auto", "onednn"), [
-    (("avx2", "fma"), "float32", "1"),  # an AVX2-only EPYC: float32, oneDNN turned on
-    (("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"), "mixed_bfloat16", None),  # a BF16/AMX Xeon: TensorFlow's own default
-])
+@pytest.mark.parametrize(
+    ("flags", "auto", "onednn"),
+    [
+        (("avx2", "fma"), "float32", "1"),  # an AVX2-only EPYC: float32, oneDNN turned on
+        (
+            ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"),
+            "mixed_bfloat16",
+            None,
+        ),  # a BF16/AMX Xeon: TensorFlow's own default
+    ],
+)
 def test_precision_and_onednn_follow_the_cpu(monkeypatch, flags, auto, onednn):
     from fer_exp import machine
 

@@ -18,7 +18,13 @@ GIT = ["git", "-c", "user.name=fer_exp tests", "-c", "user.email=tests@fer-exp.i
 
 def copy_project(dst):
     """The project's code, conf and lock (tracked or new, as they are now) committed in a new git repository at dst."""
-    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     for rel in listed.split():
         if rel.split("/")[0] in ("fer_exp", "conf", "hydra_plugins") or rel in ("pyproject.toml", "uv.lock"):
             if (ROOT / rel).is_file():
@@ -43,8 +49,19 @@ def edit(path, old, new):
 
 def run_in(repo, tmp, module, *args):
     """`python -m fer_exp.<module> ARGS` with the copy at `repo` as the code (it is the current directory)."""
-    store_args = [f"tracking.dir={tmp / 'mlruns'}", f"hydra.run.dir={tmp / 'run'}", f"hydra.sweep.dir={tmp / 'sweep'}"] if module == "run" else ["--tracking-dir", str(tmp / "mlruns")]
-    return subprocess.run([sys.executable, "-m", f"fer_exp.{module}", *args, *store_args], cwd=repo, capture_output=True, text=True, timeout=900, env=user_env())
+    store_args = (
+        [f"tracking.dir={tmp / 'mlruns'}", f"hydra.run.dir={tmp / 'run'}", f"hydra.sweep.dir={tmp / 'sweep'}"]
+        if module == "run"
+        else ["--tracking-dir", str(tmp / "mlruns")]
+    )
+    return subprocess.run(
+        [sys.executable, "-m", f"fer_exp.{module}", *args, *store_args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=user_env(),
+    )
 
 
 def runs_by_role(tmp):
@@ -64,7 +81,9 @@ def test_a_seeded_run_reproduces_after_conf_and_code_change_and_a_code_change_is
     client, runs = runs_by_role(tmp_path)
     original = runs["job"][0]
     run_id = original.info.run_id
-    assert original.data.tags["fer_exp.git_dirty"] == "false" and original.data.tags["fer_exp.lock"] == provenance.lock_hash(repo)
+    assert original.data.tags["fer_exp.git_dirty"] == "false" and original.data.tags[
+        "fer_exp.lock"
+    ] == provenance.lock_hash(repo)
     assert original.data.tags["fer_exp.command"].startswith("python -m fer_exp.run debug=tiny")
     env = client.download_artifacts(run_id, "environment.txt", str(tmp_path))
     assert "tensorflow==" in open(env).read() and "pytest==" in open(env).read()  # every package, not a chosen few
@@ -94,7 +113,10 @@ def test_a_seeded_run_reproduces_after_conf_and_code_change_and_a_code_change_is
     assert ": differs: " in verdicts(p)[0] and "first difference at epoch 1 " in verdicts(p)[0]
     p = run_in(repo, tmp_path, "reproduce", run_id, "--checkout")
     assert p.returncode == 0 and ": identical: " in verdicts(p)[0], p.stdout[-3000:] + p.stderr[-3000:]
-    assert subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout.count("\n") == 1  # removed
+    assert (
+        subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout.count("\n")
+        == 1
+    )  # removed
 
 
 @slow
@@ -107,7 +129,10 @@ def test_a_dirty_sweep_is_replayed_by_checkout_job_by_job(tmp_path):
     assert p.returncode == 0, p.stderr[-3000:]
     client, runs = runs_by_role(tmp_path)
     [parent] = runs["sweep"]
-    assert parent.data.tags["fer_exp.git_dirty"] == "true" and parent.data.tags["fer_exp.untracked"] == "conf/augment/mine.yaml"
+    assert (
+        parent.data.tags["fer_exp.git_dirty"] == "true"
+        and parent.data.tags["fer_exp.untracked"] == "conf/augment/mine.yaml"
+    )
     patch = open(client.download_artifacts(parent.info.run_id, "source.patch", str(tmp_path))).read()
     assert "/ 200.0" in patch and "conf/augment/mine.yaml" in patch
     subprocess.run(["git", "-C", str(repo), "checkout", "--", "."], check=True)
@@ -123,7 +148,9 @@ def test_a_dirty_sweep_is_replayed_by_checkout_job_by_job(tmp_path):
 @slow
 def test_changed_data_is_refused_before_any_epoch(tmp_path):
     write_folders(tmp_path / "fer", per_class=3)
-    p = run_in(ROOT, tmp_path, "run", "debug=tiny", "data=fer2013", f"data.root={tmp_path / 'fer'}", "data.register_as=null")
+    p = run_in(
+        ROOT, tmp_path, "run", "debug=tiny", "data=fer2013", f"data.root={tmp_path / 'fer'}", "data.register_as=null"
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     _, runs = runs_by_role(tmp_path)
     run_id = runs["job"][0].info.run_id
@@ -140,14 +167,25 @@ def test_changed_data_is_refused_before_any_epoch(tmp_path):
 
 
 def test_data_digests_match_what_load_data_records_without_decoding(folders):
-    cfg = {"format": "folders", "root": str(folders), "classes": ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"], "image_size": 48}
+    cfg = {
+        "format": "folders",
+        "root": str(folders),
+        "classes": ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"],
+        "image_size": 48,
+    }
     splits, _ = load_data(cfg)
     digests, source = data_digests(cfg)
     assert digests == {k: s.digest for k, s in splits.items()} and source == str(folders.resolve())
     next((folders / "validation" / "sad").iterdir()).unlink()
     after, _ = data_digests(cfg)
     assert after["train"] == digests["train"] and after["validation"] != digests["validation"]
-    synthetic = {"format": "synthetic", "classes": cfg["classes"], "image_size": 48, "train_per_class": 2, "val_per_class": 1}
+    synthetic = {
+        "format": "synthetic",
+        "classes": cfg["classes"],
+        "image_size": 48,
+        "train_per_class": 2,
+        "val_per_class": 1,
+    }
     assert data_digests(synthetic, seed=5)[0] == {k: s.digest for k, s in load_data(synthetic, seed=5)[0].items()}
 
 
@@ -165,7 +203,9 @@ def test_code_state_puts_untracked_sources_into_a_patch_that_applies(tmp_path):
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
     subprocess.run(["git", "-C", str(clone), "apply", "-"], input=state["patch"], text=True, check=True)
-    assert (clone / "fer_exp" / "a.py").read_text() == "x = 2\n" and (clone / "fer_exp" / "b.py").read_text() == "y = 3\n"
+    assert (clone / "fer_exp" / "a.py").read_text() == "x = 2\n" and (
+        clone / "fer_exp" / "b.py"
+    ).read_text() == "y = 3\n"
     assert not (clone / "notes.txt").exists()
     assert provenance.code_state(tmp_path / "nowhere") is None
 
@@ -173,7 +213,11 @@ def test_code_state_puts_untracked_sources_into_a_patch_that_applies(tmp_path):
 def test_environment_text_lists_every_package_and_reads_back():
     env = provenance.parse_environment(provenance.environment_text())
     assert env["python"] == sys.version.split()[0] and env["numpy"] and env["mlflow"] and "lock" in env
-    assert provenance.parse_environment("python 3.11.7\nnumpy==2.1.0\nscikit_learn==1.9.0\n") == {"python": "3.11.7", "numpy": "2.1.0", "scikit-learn": "1.9.0"}
+    assert provenance.parse_environment("python 3.11.7\nnumpy==2.1.0\nscikit_learn==1.9.0\n") == {
+        "python": "3.11.7",
+        "numpy": "2.1.0",
+        "scikit-learn": "1.9.0",
+    }
 
 
 def test_first_divergence_names_the_epoch_and_metric():

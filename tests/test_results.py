@@ -36,7 +36,11 @@ def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
     tmp, client, parent, children = sweep_store
     assert "compare.png" in {a.path for a in client.list_artifacts(parent)}  # drawn when the sweep ended
     p = subprocess.run(
-        [sys.executable, "-m", "fer_exp.compare", f"tracking_dir={tmp / 'mlruns'}", f"out_dir={tmp_path}"], cwd=ROOT, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "fer_exp.compare", f"tracking_dir={tmp / 'mlruns'}", f"out_dir={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert p.returncode == 0, p.stderr[-3000:]
     lines = p.stdout.splitlines()
@@ -44,7 +48,9 @@ def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
     rows = lines[header + 1 : header + 5]
     assert lines[header].split()[:5] == ["#", "job", "status", "best_val_accuracy", "tta"]
     jobs = [r.split()[1] for r in rows]
-    assert sorted(jobs) == sorted(["model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"])
+    assert sorted(jobs) == sorted(
+        ["model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"]
+    )
     scores = [float(r.split()[3]) for r in rows]
     assert scores == sorted(scores, reverse=True)
     expected = sorted((r["metrics"]["best_val_accuracy"] for r in children), reverse=True)
@@ -57,10 +63,14 @@ def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
     exp = tracking.configure(None, tmp_path / "mlruns")
     client = MlflowClient()
     parent = client.create_run(exp, run_name="sweep now", tags={tracking.TAG_ROLE: "sweep"}).info.run_id
-    done = client.create_run(exp, run_name="a", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.01 seed=1"})
+    done = client.create_run(
+        exp, run_name="a", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.01 seed=1"}
+    )
     client.log_metric(done.info.run_id, "best_val_accuracy", 0.30)
     client.set_terminated(done.info.run_id)
-    running = client.create_run(exp, run_name="b", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.001 seed=1"})
+    running = client.create_run(
+        exp, run_name="b", tags={"mlflow.parentRunId": parent, "fer_exp.overrides": "model=shallow lr=0.001 seed=1"}
+    )
     for step, acc in enumerate([0.2, 0.5, 0.4]):
         client.log_metric(running.info.run_id, "val_accuracy", acc, step=step)
     rows = compare.job_rows(tracking.sweep_jobs(parent, "val_accuracy"), "best_val_accuracy")
@@ -104,12 +114,22 @@ def test_champion_is_served_over_http(sweep_store):
     # what `make serve` runs (it puts the venv's bin on PATH, where the scoring server finds uvicorn)
     command = make_command("serve", STORE=tmp / "mlruns", MODEL="models:/fer-synthetic@champion", SERVE_PORT=port)
     assert "--host 127.0.0.1" in command
-    server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         wait_http(f"http://127.0.0.1:{port}/ping", server)
         faces = np.random.default_rng(0).random((2, 48, 48, 1), dtype=np.float32)
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations", json.dumps({"inputs": faces.tolist()}).encode(), {"Content-Type": "application/json"}
+            f"http://127.0.0.1:{port}/invocations",
+            json.dumps({"inputs": faces.tolist()}).encode(),
+            {"Content-Type": "application/json"},
         )
         served = np.array(json.load(urllib.request.urlopen(request, timeout=60))["predictions"])
     finally:
@@ -137,9 +157,20 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
     assert f"{tracking.VIEW_TAG}{parent}" in client.get_experiment(exp_id).tags
     # the collapsed sweep row carries its best job's score (as the sweep ended: other tests change scores later)
     summary = client.get_run(parent).data
-    assert summary.metrics["best_val_accuracy"] == client.get_run(summary.tags["fer_exp.best_run"]).data.metrics["best_val_accuracy"]
+    assert (
+        summary.metrics["best_val_accuracy"]
+        == client.get_run(summary.tags["fer_exp.best_run"]).data.metrics["best_val_accuracy"]
+    )
     url = tracking.view_link(exp_id, parent, f"http://127.0.0.1:{port}")
-    server = subprocess.Popen(command, shell=True, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    server = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     shots = ROOT / "outputs" / "test-screenshots"
     shots.mkdir(parents=True, exist_ok=True)
     try:
@@ -147,17 +178,29 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
         with playwright.sync_playwright() as pw:
             browser = pw.chromium.launch(
                 executable_path=CHROMIUM,
-                args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+                args=[
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-quic",
+                    "--no-first-run",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                ],
             )
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(url)
             for r in children:
                 page.get_by_text(r["name"], exact=True).first.wait_for(timeout=60_000)
             page.get_by_role("columnheader", name="best_val_accuracy").first.wait_for(timeout=30_000)
-            for r in children:  # each job's row shows its validation accuracy (the grid splits a row: pinned name, the rest)
+            for r in (
+                children
+            ):  # each job's row shows its validation accuracy (the grid splits a row: pinned name, the rest)
                 index = page.locator("[role=row]", has_text=r["name"]).first.get_attribute("row-index")
                 shown = " ".join(page.locator(f'[role=row][row-index="{index}"]').all_inner_texts())
-                value = repr(r["metrics"]["best_val_accuracy"]).removesuffix(".0")  # as JavaScript prints it: 1, 0.2142857...
+                value = repr(r["metrics"]["best_val_accuracy"]).removesuffix(
+                    ".0"
+                )  # as JavaScript prints it: 1, 0.2142857...
                 assert value in shown.split(), (r["name"], value, shown)
             page.screenshot(path=str(shots / "mlflow-ui-sweep.png"))
             page.goto(url + "&compareRunsMode=CHART")
@@ -169,9 +212,15 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
-    assert (shots / "mlflow-ui-sweep.png").stat().st_size > 20_000 and (shots / "mlflow-ui-sweep-charts.png").stat().st_size > 20_000
+    assert (shots / "mlflow-ui-sweep.png").stat().st_size > 20_000 and (
+        shots / "mlflow-ui-sweep-charts.png"
+    ).stat().st_size > 20_000
 
 
 def test_overrides_come_from_the_tag_or_the_run_name():
     assert compare.parse_overrides("model=deep lr=0.001") == {"model": "deep", "lr": "0.001"}
-    assert compare.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {"model": "deep", "lr": "0.001", "model.filters": "[8,16]"}
+    assert compare.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {
+        "model": "deep",
+        "lr": "0.001",
+        "model.filters": "[8,16]",
+    }

@@ -27,13 +27,37 @@ def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
     assert len(children) == 4 == len(runs) - 1
     assert all(r.info.status == "FINISHED" for r in children)
     names = {r.info.run_name for r in children}
-    assert {n.split(",debug=")[0] for n in names} == {"model=deep,lr=0.0001", "model=deep,lr=0.001", "model=shallow,lr=0.0001", "model=shallow,lr=0.001"}
+    assert {n.split(",debug=")[0] for n in names} == {
+        "model=deep,lr=0.0001",
+        "model=deep,lr=0.001",
+        "model=shallow,lr=0.0001",
+        "model=shallow,lr=0.001",
+    }
     assert not any("tracking.dir" in n for n in names)
     for r in children:
         arts = {a.path for a in client.list_artifacts(r.info.run_id)}
-        assert {"model.h5", "curves.png", "confusion_matrix.png", "classification_report.json", "classification_report.txt", "config.yaml"} <= arts
-        assert {"data/class_counts.txt", "data/class_counts.json"} <= {a.path for a in client.list_artifacts(r.info.run_id, "data")}
-        for key in ("loss", "accuracy", "precision", "recall", "val_loss", "val_accuracy", "val_precision", "val_recall", "lr"):
+        assert {
+            "model.h5",
+            "curves.png",
+            "confusion_matrix.png",
+            "classification_report.json",
+            "classification_report.txt",
+            "config.yaml",
+        } <= arts
+        assert {"data/class_counts.txt", "data/class_counts.json"} <= {
+            a.path for a in client.list_artifacts(r.info.run_id, "data")
+        }
+        for key in (
+            "loss",
+            "accuracy",
+            "precision",
+            "recall",
+            "val_loss",
+            "val_accuracy",
+            "val_precision",
+            "val_recall",
+            "lr",
+        ):
             assert [m.step for m in client.get_metric_history(r.info.run_id, key)] == [0], key
         assert r.data.params["model.name"] in ("deep", "shallow") and r.data.params["epochs"] == "1"
         assert r.data.tags["fer_exp.sweep_id"] == parent and len(r.data.tags["fer_exp.config_hash"]) == 16
@@ -58,7 +82,10 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     jobs = {r.info.run_name.split(",")[1]: r for r in runs if r.data.tags.get("fer_exp.role") == "job"}
     assert {k: r.info.status for k, r in jobs.items()} == {"batch_size=8": "FINISHED", "batch_size=0": "FAILED"}
     failed = jobs["batch_size=0"]
-    assert failed.data.tags["fer_exp.error"] == "ConfigError: batch_size=0 is not valid: expected a whole number >= 1, e.g. batch_size=64"
+    assert (
+        failed.data.tags["fer_exp.error"]
+        == "ConfigError: batch_size=0 is not valid: expected a whole number >= 1, e.g. batch_size=64"
+    )
     assert "Traceback" in mlflow.artifacts.load_text(f"runs:/{failed.info.run_id}/error.txt")
     assert [r.info.status for r in runs if r.data.tags.get("fer_exp.role") == "sweep"] == ["FAILED"]
 
@@ -67,7 +94,16 @@ def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, comp
     from fer_exp.train import train
 
     root = dirty_folders(tmp_path / "fer")
-    cfg = compose([f"data.root={root}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(
+        [
+            f"data.root={root}",
+            "data.cache_dir=null",
+            "model=shallow",
+            "epochs=1",
+            "batch_size=8",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+        ]
+    )
     result = train(cfg, run_name="dirty", output_dir=tmp_path / "out")
     client, runs = store(tmp_path)
     run = client.get_run(result["run_id"])
@@ -85,7 +121,17 @@ def test_the_same_run_trains_from_a_csv(tmp_path, compose):
 
     written = write_folders(tmp_path / "fer", per_class=2)
     write_csv(tmp_path / "fer2013.csv", {"Training": written["train"], "PublicTest": written["validation"]})
-    cfg = compose(["data=fer2013_csv", f"data.path={tmp_path / 'fer2013.csv'}", "data.cache_dir=null", "model=shallow", "epochs=1", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(
+        [
+            "data=fer2013_csv",
+            f"data.path={tmp_path / 'fer2013.csv'}",
+            "data.cache_dir=null",
+            "model=shallow",
+            "epochs=1",
+            "batch_size=8",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+        ]
+    )
     result = train(cfg, output_dir=tmp_path / "out")
     run = MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.metrics["data_train_images"] == 14
@@ -96,23 +142,46 @@ def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, ca
     from fer_exp import data
 
     monkeypatch.setattr(data, "DEFAULT_ROOT", data.Path("/nonexistent/fer2013"))
-    cfg = {"format": "folders", "root": None, "classes": ["happy", "sad"], "image_size": 48, "name": "fer2013", "register_as": "fer"}
+    cfg = {
+        "format": "folders",
+        "root": None,
+        "classes": ["happy", "sad"],
+        "image_size": 48,
+        "name": "fer2013",
+        "register_as": "fer",
+    }
     used = data.with_fallback(cfg)
     assert used["register_as"] == "fer-synthetic"  # toy data never becomes the fer champion
     splits, source = data.load_data(used)
-    assert source == "synthetic" and len(splits["train"]) == 2 * 300 and "using the built-in synthetic set" in caplog.text
+    assert (
+        source == "synthetic" and len(splits["train"]) == 2 * 300 and "using the built-in synthetic set" in caplog.text
+    )
     with pytest.raises(data.DataError, match="data root not found"):
         data.load_data({**cfg, "root": "/nonexistent/fer2013"})  # an explicit root must exist
     # on a cluster worker: no fallback, an error that names the node
     monkeypatch.setenv(data.REMOTE_ENV, "ray")
     assert data.with_fallback(cfg) is cfg
-    with pytest.raises(data.DataError, match=f"(?s)nonexistent/fer2013 on {re.escape(data.socket.gethostname())}.*ray worker.*every node needs the data"):
+    with pytest.raises(
+        data.DataError,
+        match=f"(?s)nonexistent/fer2013 on {re.escape(data.socket.gethostname())}.*ray worker.*every node needs the data",
+    ):
         data.load_data(cfg)
 
 
 @slow
 def test_sigterm_ends_the_run_killed(tmp_path):
-    cmd = [sys.executable, "-u", "-m", "fer_exp.run", "model=shallow", "debug=tiny", "epochs=20", "batch_size=8", f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "fer_exp.run",
+        "model=shallow",
+        "debug=tiny",
+        "epochs=20",
+        "batch_size=8",
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     p = subprocess.Popen(cmd, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in p.stdout:
         if line.startswith("Epoch 2/"):

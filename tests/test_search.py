@@ -10,8 +10,18 @@ from fer_exp import compare
 
 slow = pytest.mark.slow
 # a search over the learning rate alone (the command line fixes what hparams_search=optuna also searches)
-SEARCH = ["-m", "hparams_search=optuna", "debug=small", "pruner=median", "lr=tag(log, interval(1e-7, 3e-4))",
-          "model=shallow", "batch_size=16", "augment.rotation=0", "augment.shift=0", "augment.zoom=0"]
+SEARCH = [
+    "-m",
+    "hparams_search=optuna",
+    "debug=small",
+    "pruner=median",
+    "lr=tag(log, interval(1e-7, 3e-4))",
+    "model=shallow",
+    "batch_size=16",
+    "augment.rotation=0",
+    "augment.shift=0",
+    "augment.zoom=0",
+]
 
 
 def test_optuna_is_current():
@@ -21,7 +31,16 @@ def test_optuna_is_current():
 def test_search_space_comes_from_params_and_the_command_line():
     from hydra_plugins.fer_exp_optuna import as_override, search_space
 
-    space, fixed = search_space(["lr=tag(log, interval(1e-4, 3e-3))", "model=choice(deep, shallow)", "batch_size=choice(32, 64)", "epochs=range(2, 5)", "model=shallow", "seed=3"])
+    space, fixed = search_space(
+        [
+            "lr=tag(log, interval(1e-4, 3e-3))",
+            "model=choice(deep, shallow)",
+            "batch_size=choice(32, 64)",
+            "epochs=range(2, 5)",
+            "model=shallow",
+            "seed=3",
+        ]
+    )
     assert space["lr"] == optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)
     assert space["batch_size"].choices == (32, 64) and space["epochs"] == optuna.distributions.IntDistribution(2, 4)
     assert "model" not in space and fixed == ["model=shallow", "seed=3"]  # a later fixed value replaces the search
@@ -30,9 +49,20 @@ def test_search_space_comes_from_params_and_the_command_line():
 
 def test_pruned_jobs_are_listed_apart_after_the_others():
     def job(name, value, stop):
-        return {"run_id": name, "name": f"lr={name}", "status": "FINISHED", "tags": {"fer_exp.stop_reason": stop}, "metrics": {"best_val_accuracy": value}, "start": 0, "end": 60000, "history": []}
+        return {
+            "run_id": name,
+            "name": f"lr={name}",
+            "status": "FINISHED",
+            "tags": {"fer_exp.stop_reason": stop},
+            "metrics": {"best_val_accuracy": value},
+            "start": 0,
+            "end": 60000,
+            "history": [],
+        }
 
-    rows = compare.job_rows([job("a", 0.5, "pruned"), job("b", 0.3, "epochs"), job("c", 0.4, "epochs")], "best_val_accuracy")
+    rows = compare.job_rows(
+        [job("a", 0.5, "pruned"), job("b", 0.3, "epochs"), job("c", 0.4, "epochs")], "best_val_accuracy"
+    )
     assert [(r["label"], r["status"]) for r in rows] == [("lr=c", "FINISHED"), ("lr=b", "FINISHED"), ("lr=a", "PRUNED")]
 
 
@@ -48,13 +78,17 @@ def test_a_grid_sweep_prunes_the_hopeless_job(tmp_path):
     found = by_lr(runs)
     hopeless = found["1e-07"]
     assert hopeless.info.status == "FINISHED" and hopeless.data.tags["fer_exp.stop_reason"] == "pruned"
-    assert hopeless.data.metrics["epochs_run"] < 4 and hopeless.data.tags["fer_exp.trial"].startswith("2 of study grid ")
+    assert hopeless.data.metrics["epochs_run"] < 4 and hopeless.data.tags["fer_exp.trial"].startswith(
+        "2 of study grid "
+    )
     assert all(found[lr].data.metrics["epochs_run"] == 4 for lr in ("0.0001", "0.0003"))
     saved = 4 - int(hopeless.data.metrics["epochs_run"])
     assert f"pruned 1 of 3 job(s), after epoch(s) {4 - saved}: {saved} epoch(s) not trained" in p.stdout
     assert "PRUNED" in p.stdout and "fer_exp.best" not in hopeless.data.tags
     (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
-    assert {"study_optimization_history.png", "study_intermediate_values.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"study_optimization_history.png", "study_intermediate_values.png"} <= {
+        a.path for a in client.list_artifacts(parent.info.run_id)
+    }
 
 
 def search_trials(tmp_path):
@@ -86,7 +120,14 @@ def test_a_search_prunes_and_resume_continues_its_study(tmp_path):
 
 @slow
 def test_a_parallel_search_prunes_across_processes(tmp_path):
-    p = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=8", "hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2")
+    p = run_cli(
+        tmp_path,
+        *SEARCH,
+        "hydra.sweeper.n_trials=8",
+        "hydra.sweeper.n_jobs=2",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = store(tmp_path)
     assert len(jobs(runs)) == 8 and any(r.data.tags.get("fer_exp.stop_reason") == "pruned" for r in jobs(runs))

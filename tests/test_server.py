@@ -40,7 +40,9 @@ class FakeServer:
 
 def test_calls_wait_on_disk_in_order_while_the_server_is_away_and_go_when_it_answers(tmp_path):
     server = FakeServer()
-    box = Outbox(tmp_path / "spool" / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=600, probe_every_s=0)
+    box = Outbox(
+        tmp_path / "spool" / "run1", {"run_id": "run1"}, server.send, lambda: server.up, limit_s=600, probe_every_s=0
+    )
     box.deliver("log_metrics", metrics={"loss": 1.0}, step=0)
     assert server.received == [("log_metrics", {"metrics": {"loss": 1.0}, "step": 0})] and not box.folder.exists()
 
@@ -54,16 +56,23 @@ def test_calls_wait_on_disk_in_order_while_the_server_is_away_and_go_when_it_ans
     assert len(server.received) == 1 and box.queued == 3
     assert [c[0] for c in read_calls(box.folder)] == ["log_metrics", "log_files", "set_tags"]
     assert (box.folder / "files").rglob("last.keras").__next__().read_text() == "epoch 2"
-    box.deliver("log_files", paths=[checkpoint], folder="checkpoint")  # epoch 3's replaces epoch 2's, which was not sent
+    box.deliver(
+        "log_files", paths=[checkpoint], folder="checkpoint"
+    )  # epoch 3's replaces epoch 2's, which was not sent
     assert [c[0] for c in read_calls(box.folder)] == ["log_metrics", "set_tags", "log_files"]
     assert [p.read_text() for p in (box.folder / "files").rglob("last.keras")] == ["epoch 3"]
-    assert json.loads((box.folder / RUN).read_text()) == {"run_id": "run1"} and len((box.folder / CALLS).read_text().splitlines()) == 3
+    assert (
+        json.loads((box.folder / RUN).read_text()) == {"run_id": "run1"}
+        and len((box.folder / CALLS).read_text().splitlines()) == 3
+    )
 
     server.up = True
     assert box.flush() and not box.folder.exists()
     assert [name for name, _ in server.received] == ["log_metrics", "log_metrics", "set_tags", "log_files"]
     _, files = server.received[3]
-    assert files["contents"] == ["epoch 3"] and files["paths"][0].name == "last.keras" and files["folder"] == "checkpoint"
+    assert (
+        files["contents"] == ["epoch 3"] and files["paths"][0].name == "last.keras" and files["folder"] == "checkpoint"
+    )
 
 
 def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
@@ -80,7 +89,11 @@ def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
     assert not box.flush()  # past the limit the job no longer tries; fer_exp.sync does
     (first, packed, _), (last, end, _) = read_calls(box.folder)
     kwargs = unpack(packed, box.folder)
-    assert first == "log_keras_like" and kwargs["example"].tolist() == [0.0, 1.0, 2.0] and kwargs["metadata"] == {"classes": ["a", "b"]}
+    assert (
+        first == "log_keras_like"
+        and kwargs["example"].tolist() == [0.0, 1.0, 2.0]
+        and kwargs["metadata"] == {"classes": ["a", "b"]}
+    )
     assert (last, unpack(end, box.folder)) == ("end_run", {"status": "FINISHED"})
 
 
@@ -153,8 +166,19 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
 
     server = servers(tmp_path).start()
     # data.register_as=null: leave the registry of a shared test database (CI's PostgreSQL) to the cluster test
-    args = ["-m", "model=shallow", "lr=1e-4,1e-3", "debug=small", "epochs=8", "data.register_as=null", "tracking=server", f"tracking.uri={server.url}"]
-    sweep = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
+    args = [
+        "-m",
+        "model=shallow",
+        "lr=1e-4,1e-3",
+        "debug=small",
+        "epochs=8",
+        "data.register_as=null",
+        "tracking=server",
+        f"tracking.uri={server.url}",
+    ]
+    sweep = subprocess.Popen(
+        cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env()
+    )
     try:
         wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", sweep)
         down = time.time()
@@ -166,7 +190,11 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
     finally:
         sweep.kill()
     assert sweep.returncode == 0, out[-4000:]
-    assert "2 job(s), 0 not finished" in out and "does not answer; training goes on" in out and "the tracking server answers again" in out
+    assert (
+        "2 job(s), 0 not finished" in out
+        and "does not answer; training goes on" in out
+        and "the tracking server answers again" in out
+    )
     client, runs = server_runs(server.url, query=f"tags.`fer_exp.sweep_dir` = '{tmp_path / 'sweep'}'")
     (parent,) = runs
     _, children = server_runs(server.url, query=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
@@ -176,7 +204,10 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
     for run in children:
         rid = run.info.run_id
         for metric in ("val_accuracy", "loss", "lr"):
-            assert sorted(m.step for m in client.get_metric_history(rid, metric)) == list(range(8)), (run.info.run_name, metric)
+            assert sorted(m.step for m in client.get_metric_history(rid, metric)) == list(range(8)), (
+                run.info.run_name,
+                metric,
+            )
         assert run.data.tags["fer_exp.checkpoint_epoch"] == "8" and "best_val_accuracy" in run.data.metrics
         assert mlflow.models.get_model_info(f"runs:/{rid}/model").metadata["classes"]  # the MLflow model
         assert {f.path for f in client.list_artifacts(rid)} >= {"model.h5", "checkpoint", "curves.png"}
@@ -185,7 +216,9 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
     assert not list((tmp_path / "mlruns" / "spool").glob("*"))  # everything was sent
 
     again = run_cli(tmp_path, *args, "resume=true")  # resume after the outage: both FINISHED runs are found
-    assert again.returncode == 0 and "2 job(s) already FINISHED earlier, reused" in again.stdout, (again.stdout + again.stderr)[-3000:]
+    assert again.returncode == 0 and "2 job(s) already FINISHED earlier, reused" in again.stdout, (
+        again.stdout + again.stderr
+    )[-3000:]
 
 
 @pytest.mark.slow
@@ -195,8 +228,17 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
 
     server = servers(tmp_path).start()
     spool = tmp_path / "spool"
-    args = ["debug=small", "epochs=4", "tracking=server", f"tracking.uri={server.url}", "tracking.outage_minutes=0.1", f"tracking.spool_dir={spool}"]
-    job = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env())
+    args = [
+        "debug=small",
+        "epochs=4",
+        "tracking=server",
+        f"tracking.uri={server.url}",
+        "tracking.outage_minutes=0.1",
+        f"tracking.spool_dir={spool}",
+    ]
+    job = subprocess.Popen(
+        cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=user_env()
+    )
     try:
         wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", job)
         server.stop()
@@ -209,14 +251,27 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
     assert list(folder.rglob("model.keras")) and list(folder.rglob("last.keras"))  # the model and the checkpoint
 
     server.start()  # a server is up again, on the same database
-    sync = subprocess.run([sys.executable, "-m", "fer_exp.sync", f"spool={spool}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=600)
+    sync = subprocess.run(
+        [sys.executable, "-m", "fer_exp.sync", f"spool={spool}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=user_env(),
+        timeout=600,
+    )
     assert sync.returncode == 0 and f"uploaded run {folder.name}" in sync.stdout, (sync.stdout + sync.stderr)[-3000:]
     assert not folder.exists()
     client = mlflow.tracking.MlflowClient(server.url)
     run = client.get_run(folder.name)
-    assert run.info.status == "FINISHED" and run.data.tags["fer_exp.stop_reason"] == "epochs" and "best_val_accuracy" in run.data.metrics
+    assert (
+        run.info.status == "FINISHED"
+        and run.data.tags["fer_exp.stop_reason"] == "epochs"
+        and "best_val_accuracy" in run.data.metrics
+    )
     assert sorted(m.step for m in client.get_metric_history(folder.name, "val_accuracy")) == [0, 1, 2, 3]
-    assert run.data.tags["fer_exp.checkpoint_epoch"] == "4" and run.data.tags["fer_exp.kept_weights"].startswith("best epoch")
+    assert run.data.tags["fer_exp.checkpoint_epoch"] == "4" and run.data.tags["fer_exp.kept_weights"].startswith(
+        "best epoch"
+    )
     mlflow.set_tracking_uri(server.url)
     assert mlflow.models.get_model_info(f"runs:/{folder.name}/model").metadata["classes"]
     model = keras.models.load_model(client.download_artifacts(folder.name, "model.h5", str(tmp_path)), compile=False)
@@ -226,8 +281,12 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
 @pytest.mark.slow
 def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(tmp_path, servers):
     admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(16)}
-    server = servers(tmp_path, AUTH=1, SERVER_AUTH_DB=f"sqlite:///{tmp_path / 'auth.db'}", SERVER_AUTH_INI=tmp_path / "auth.ini")
-    server.start(env={"MLFLOW_AUTH_ADMIN_PASSWORD": admin["MLFLOW_TRACKING_PASSWORD"]})  # from the environment, not the command line
+    server = servers(
+        tmp_path, AUTH=1, SERVER_AUTH_DB=f"sqlite:///{tmp_path / 'auth.db'}", SERVER_AUTH_INI=tmp_path / "auth.ini"
+    )
+    server.start(
+        env={"MLFLOW_AUTH_ADMIN_PASSWORD": admin["MLFLOW_TRACKING_PASSWORD"]}
+    )  # from the environment, not the command line
     try:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{server.url}/api/2.0/mlflow/experiments/search?max_results=1", timeout=30)
@@ -240,23 +299,57 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
         try:
             auth = get_app_client("basic-auth", tracking_uri=server.url)
             for name, password in users.items():
-                auth.create_user(name, password)  # default_permission READ: a user may read all, write only what it made
+                auth.create_user(
+                    name, password
+                )  # default_permission READ: a user may read all, write only what it made
         finally:
             for k in admin:
                 os.environ.pop(k)
 
         experiment = f"auth-{uuid.uuid4().hex[:8]}"
-        args = ["-m", "model=shallow", "lr=1e-3", "debug=tiny", "data.register_as=null", "tracking=server", f"tracking.uri={server.url}", f"tracking.experiment={experiment}"]
+        args = [
+            "-m",
+            "model=shallow",
+            "lr=1e-3",
+            "debug=tiny",
+            "data.register_as=null",
+            "tracking=server",
+            f"tracking.uri={server.url}",
+            f"tracking.experiment={experiment}",
+        ]
         creds = {"MLFLOW_TRACKING_USERNAME": "fer", "MLFLOW_TRACKING_PASSWORD": users["fer"]}
-        ok = subprocess.run(cli(tmp_path / "ok", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds}, timeout=900)
+        ok = subprocess.run(
+            cli(tmp_path / "ok", *args),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**user_env(), **creds},
+            timeout=900,
+        )
         assert ok.returncode == 0 and "1 job(s), 0 not finished" in ok.stdout, (ok.stdout + ok.stderr)[-3000:]
 
-        wrong = subprocess.run(cli(tmp_path / "wrong", *args), cwd=ROOT, capture_output=True, text=True, env={**user_env(), **creds, "MLFLOW_TRACKING_PASSWORD": "not-it"}, timeout=900)
+        wrong = subprocess.run(
+            cli(tmp_path / "wrong", *args),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**user_env(), **creds, "MLFLOW_TRACKING_PASSWORD": "not-it"},
+            timeout=900,
+        )
         text = wrong.stdout + wrong.stderr
         assert wrong.returncode != 0 and "refused user 'fer': check MLFLOW_TRACKING_PASSWORD" in text, text[-3000:]
         assert "Epoch 1" not in text and "Traceback" not in text
-        nobody = subprocess.run([sys.executable, "-m", "fer_exp.compare", f"tracking_uri={server.url}", f"experiment={experiment}"], cwd=ROOT, capture_output=True, text=True, env=user_env(), timeout=300)
-        assert nobody.returncode == 2 and "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in nobody.stderr, nobody.stderr[-3000:]
+        nobody = subprocess.run(
+            [sys.executable, "-m", "fer_exp.compare", f"tracking_uri={server.url}", f"experiment={experiment}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=user_env(),
+            timeout=300,
+        )
+        assert (
+            nobody.returncode == 2 and "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in nobody.stderr
+        ), nobody.stderr[-3000:]
 
         os.environ.update({"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]})
         client, runs = server_runs(server.url, experiment)

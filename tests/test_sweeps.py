@@ -27,7 +27,16 @@ def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
 def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
     from fer_exp.train import train
 
-    cfg = compose(["model=shallow", "debug=tiny", "epochs=5", "batch_size=8", "max_minutes=0.0001", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(
+        [
+            "model=shallow",
+            "debug=tiny",
+            "epochs=5",
+            "batch_size=8",
+            "max_minutes=0.0001",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+        ]
+    )
     result = train(cfg, output_dir=tmp_path / "out")
     run = mlflow.MlflowClient().get_run(result["run_id"])
     assert run.info.status == "FINISHED" and result["epochs"] == 1
@@ -37,13 +46,28 @@ def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
 def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
     from fer_exp.train import train
 
-    cfg = compose(["model=shallow", "data=synthetic", "data.train_per_class=10", "data.val_per_class=3", "epochs=2", "batch_size=16", f"tracking.dir={tmp_path / 'mlruns'}"])
+    cfg = compose(
+        [
+            "model=shallow",
+            "data=synthetic",
+            "data.train_per_class=10",
+            "data.val_per_class=3",
+            "epochs=2",
+            "batch_size=16",
+            f"tracking.dir={tmp_path / 'mlruns'}",
+        ]
+    )
     assert cfg.augment.rotation > 0  # augmentation on: its randomness is seeded too
     histories = []
     for _ in range(2):
         run_id = train(cfg, output_dir=tmp_path / "out")["run_id"]
         client = mlflow.MlflowClient()  # after train() has pointed MLflow at the store
-        histories.append({k: [m.value for m in client.get_metric_history(run_id, k)] for k in ("loss", "accuracy", "val_loss", "val_accuracy")})
+        histories.append(
+            {
+                k: [m.value for m in client.get_metric_history(run_id, k)]
+                for k in ("loss", "accuracy", "val_loss", "val_accuracy")
+            }
+        )
     assert histories[0] == histories[1] and len(histories[0]["loss"]) == 2
     cfg.seed = 7
     other = train(cfg, output_dir=tmp_path / "out")["run_id"]
@@ -52,10 +76,35 @@ def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
 
 @slow
 def test_interrupted_sweep_resumes_without_retraining(tmp_path):
-    args = ["-m", "model=shallow", "lr=1e-4,1e-3", "data=synthetic", "data.train_per_class=20", "data.val_per_class=5", "epochs=4", "batch_size=16"]
-    cmd = [sys.executable, "-u", "-m", "fer_exp.run", *args, f"tracking.dir={tmp_path / 'mlruns'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    args = [
+        "-m",
+        "model=shallow",
+        "lr=1e-4,1e-3",
+        "data=synthetic",
+        "data.train_per_class=20",
+        "data.val_per_class=5",
+        "epochs=4",
+        "batch_size=16",
+    ]
+    cmd = [
+        sys.executable,
+        "-u",
+        "-m",
+        "fer_exp.run",
+        *args,
+        f"tracking.dir={tmp_path / 'mlruns'}",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     # A shell's background jobs inherit SIGINT ignored (so would Python in the child): restore it.
-    p = subprocess.Popen(cmd, cwd=ROOT, env=user_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    p = subprocess.Popen(
+        cmd,
+        cwd=ROOT,
+        env=user_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     second_job = False
     for line in p.stdout:
         second_job = second_job or "#1 :" in line
@@ -84,7 +133,15 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
 
 @slow
 def test_parallel_joblib_sweep_lands_every_run_under_one_parent(tmp_path):
-    p = run_cli(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=deep,shallow", "lr=1e-4,1e-3", "debug=tiny")
+    p = run_cli(
+        tmp_path,
+        "-m",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "model=deep,shallow",
+        "lr=1e-4,1e-3",
+        "debug=tiny",
+    )
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "database is locked" not in p.stdout + p.stderr
     _, runs = store(tmp_path)
@@ -124,7 +181,9 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     lost = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
     sweep.end_abandoned_sweep()  # as at exit after the launcher raised
-    assert client.get_run(lost).info.status == "FAILED" and client.get_run(lost).data.tags["fer_exp.error"].startswith("lost")
+    assert client.get_run(lost).info.status == "FAILED" and client.get_run(lost).data.tags["fer_exp.error"].startswith(
+        "lost"
+    )
     assert client.get_run(done).info.status == "FINISHED" and client.get_run(parent).info.status == "FAILED"
     assert "2 job(s), 1 not finished" in capsys.readouterr().out
     sweep.end_abandoned_sweep()  # nothing left to end: a no-op

@@ -68,14 +68,24 @@ def as_override(key: str, value) -> str:
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: optuna.samplers.BaseSampler | None, direction: str, study_name: str, n_trials: int, n_jobs: int, params: DictConfig | None = None):
+    def __init__(
+        self,
+        sampler: optuna.samplers.BaseSampler | None,
+        direction: str,
+        study_name: str,
+        n_trials: int,
+        n_jobs: int,
+        params: DictConfig | None = None,
+    ):
         # Hydra has already instantiated `sampler` (its _target_) when it built this sweeper
         self.sampler, self.direction, self.study_name = sampler, direction, study_name
         self.n_trials, self.n_jobs, self.params = n_trials, n_jobs, params or {}
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.job_idx = config, 0
-        self.launcher = Plugins.instance().instantiate_launcher(config=config, hydra_context=hydra_context, task_function=task_function)
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
 
     def open_study(self) -> optuna.Study:
         """A new study `<study_name> <time>`, or with resume=true the newest of that name."""
@@ -84,18 +94,31 @@ class OptunaSweeper(Sweeper):
         storage = search.storage_url(OmegaConf.to_container(self.config.tracking, resolve=True))
         name = f"{self.study_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         if self.config.resume:
-            earlier = sorted((s for s in optuna.get_all_study_names(storage) if s.startswith(f"{self.study_name} ")), reverse=True)
+            earlier = sorted(
+                (s for s in optuna.get_all_study_names(storage) if s.startswith(f"{self.study_name} ")), reverse=True
+            )
             name = earlier[0] if earlier else name
             if self.sampler is not None:
                 self.sampler.reseed_rng()  # the seeded sampler would replay the first search's random draws
-        study = optuna.create_study(study_name=name, storage=storage, sampler=self.sampler, direction=self.direction, load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name, storage=storage, sampler=self.sampler, direction=self.direction, load_if_exists=True
+        )
         search.announce(storage, name)
-        lost = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)]
+        lost = [
+            t
+            for t in study.get_trials(deepcopy=False)
+            if t.state in (TrialState.RUNNING, TrialState.FAIL, TrialState.WAITING)
+        ]
         for t in lost:  # the jobs of an interrupted search: ask them again (the job itself resumes its run)
             if t.state == TrialState.RUNNING:
                 study.tell(t.number, state=TrialState.FAIL)
             study.enqueue_trial(t.params, skip_if_exists=True)
-        log.info("Optuna study %r in %s: %d trial(s) done before", name, storage, sum(t.state in DONE for t in study.get_trials(deepcopy=False)))
+        log.info(
+            "Optuna study %r in %s: %d trial(s) done before",
+            name,
+            storage,
+            sum(t.state in DONE for t in study.get_trials(deepcopy=False)),
+        )
         return study
 
     def sweep(self, arguments: list[str]) -> Sequence:
@@ -106,7 +129,9 @@ class OptunaSweeper(Sweeper):
         returns = []
         while (to_go := self.n_trials - sum(t.state in DONE for t in study.get_trials(deepcopy=False))) > 0:
             trials = [study.ask(space) for _ in range(min(self.n_jobs, to_go))]
-            overrides = [(*(as_override(k, v) for k, v in t.params.items()), *fixed, f"trial={t._trial_id}") for t in trials]
+            overrides = [
+                (*(as_override(k, v) for k, v in t.params.items()), *fixed, f"trial={t._trial_id}") for t in trials
+            ]
             returns += self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(trials)
             search.end_lost_trials(study, [t.number for t in trials])

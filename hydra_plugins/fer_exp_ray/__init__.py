@@ -61,7 +61,12 @@ class FaultTolerantRayLauncher(Launcher):
             if os.environ.get(name):
                 env[name] = os.environ[name]
         start_ray(OmegaConf.create(init))
-        log.info("Ray: %d job(s) on %s, sweep output %s", len(job_overrides), ray.get_runtime_context().gcs_address, sweep_dir)
+        log.info(
+            "Ray: %d job(s) on %s, sweep output %s",
+            len(job_overrides),
+            ray.get_runtime_context().gcs_address,
+            sweep_dir,
+        )
 
         jobs = []
         for idx, overrides in enumerate(job_overrides, initial_job_idx):
@@ -71,7 +76,9 @@ class FaultTolerantRayLauncher(Launcher):
                 cfg.hydra.sweep.dir = str(sweep_dir)
                 cfg.hydra.job.id = f"job_id_for_{idx}"
                 cfg.hydra.job.num = idx
-            ref = launch_job_on_ray(self.hydra_context, self.ray_cfg.remote, cfg, self.task_function, Singleton.get_state())
+            ref = launch_job_on_ray(
+                self.hydra_context, self.ray_cfg.remote, cfg, self.task_function, Singleton.get_state()
+            )
             jobs.append((idx, overrides, cfg, ref))
         return [self._result(ray, *job) for job in jobs]
 
@@ -82,5 +89,7 @@ class FaultTolerantRayLauncher(Launcher):
             return ray.get(ref)
         except ray.exceptions.RayError as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            log.error("job #%d (%s) was lost on the Ray cluster: %s: %s", idx, " ".join(overrides), type(e).__name__, reason)
+            log.error(
+                "job #%d (%s) was lost on the Ray cluster: %s: %s", idx, " ".join(overrides), type(e).__name__, reason
+            )
             return JobReturn(overrides=list(overrides), cfg=cfg, status=JobStatus.COMPLETED, _return_value=math.nan)
