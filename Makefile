@@ -54,6 +54,10 @@ $(EXTRAS): $(STAMP)
 lock: $(UV) ## re-resolve uv.lock to the newest versions pyproject.toml allows (then commit it)
 	$(UV) lock --upgrade
 
+lint: $(EXTRAS) ## ruff: lint and format check (`ruff format .` fixes the format)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
 test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
 	$(BIN)/python -m pytest
 

@@ -217,8 +217,9 @@ def bench_peak(results: dict) -> dict[str, float]:
         a = tf.random.normal((2048, 2048), dtype=tf.float32, seed=0)
         x, k = tf.random.normal((128, 24, 24, 64), seed=0), tf.random.normal((3, 3, 64, 64), seed=0)
         a, x, k = (tf.cast(t, dtype) for t in (a, x, k))
-        matmul = tf.function(lambda: tf.linalg.matmul(a, a))
-        conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))
+        # measured within this iteration, so the closures see this dtype's tensors
+        matmul = tf.function(lambda: tf.linalg.matmul(a, a))  # noqa: B023
+        conv = tf.function(lambda: tf.nn.conv2d(x, k, 1, "SAME"))  # noqa: B023
         rates = {
             "matmul 2048^3": flop_rate(matmul, 2 * 2048**3),
             "conv 3x3 64->64, 24x24, batch 128": flop_rate(conv, 2 * 128 * 24 * 24 * 64 * 64 * 9),
@@ -352,7 +353,7 @@ def bench_kernels(results: dict, names: list[str], budget: float) -> None:
     """Each kernel setting in a fresh process: TensorFlow reads them once, when it loads."""
     default = "on" if machine.onednn_default() else "off"
     settings = {
-        f"oneDNN off, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
+        "oneDNN off, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "0"},
         "oneDNN on, XLA off": {"TF_ENABLE_ONEDNN_OPTS": "1"},
         "oneDNN off, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "0", "FER_EXP_JIT": "1"},
         "oneDNN on, XLA on": {"TF_ENABLE_ONEDNN_OPTS": "1", "FER_EXP_JIT": "1"},
@@ -824,7 +825,8 @@ def main() -> None:
     facts = machine.describe("auto")
     results = {"machine": {**facts, "tensorflow": tf.__version__, "python": platform.python_version()}}
     print(
-        f"fer_exp benchmarks on {cpu} ({facts['cpu_flags']}), {os.cpu_count()} cores, TensorFlow {tf.__version__}, oneDNN {facts['onednn']}; data {args.data.resolve()}",
+        f"fer_exp benchmarks on {cpu} ({facts['cpu_flags']}), {os.cpu_count()} cores, TensorFlow {tf.__version__}, "
+        f"oneDNN {facts['onednn']}; data {args.data.resolve()}",
         flush=True,
     )
     splits = (

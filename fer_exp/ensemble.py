@@ -72,7 +72,8 @@ def named_members(ids: list[str], metric: str) -> list[dict]:
     for m in members:
         if m["status"] != "FINISHED" or metric not in m["metrics"] or m["tags"].get(tracking.TAG_ROLE) != "job":
             raise EnsembleError(
-                f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; members must be FINISHED job runs with {metric}"
+                f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; "
+                f"members must be FINISHED job runs with {metric}"
             )
     return sorted(members, key=lambda j: -j["metrics"][metric])
 
@@ -249,7 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{run['name']}{f' of sweep {parent}' if parent else ''}: run {run['run_id']} (runs:/{run['run_id']}/model)")
     print(f"members: {run['tags'][tracking.TAG_MEMBERS]}")
     print(
-        f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; best member {m['best_member_val_accuracy']:.4f}"
+        f"validation accuracy {m['best_val_accuracy']:.4f} single view, {m['val_accuracy_tta']:.4f} TTA; "
+        f"best member {m['best_member_val_accuracy']:.4f}"
     )
     try:
         if note := sweep.register_champion(run):

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import keras
 from keras import layers
@@ -191,6 +191,7 @@ def classes_for(model: keras.Model, classes: list[str] | None, source: str) -> l
         log.warning("%s carries no class list; assuming FER2013's %s", source, ", ".join(classes))
     if len(classes) != outputs:
         raise ValueError(
-            f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; put the right list in {CLASSES_KEY}.json beside the model file"
+            f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; "
+            f"put the right list in {CLASSES_KEY}.json beside the model file"
         )
     return list(classes)

@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fer_exp.faces import LANDMARKS, DETECTORS, Face, make_detector
+from fer_exp.faces import DETECTORS, LANDMARKS, Face, make_detector
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 SAMPLES_PER_SECOND = 5  # --every's default: about this many analysed frames per second of video

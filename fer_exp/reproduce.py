@@ -87,7 +87,7 @@ def code_line(job: Job, now: dict | None, patch: str | None, checkout: bool) -> 
     parts = [] if same_commit else [f"commit {short(commit)} -> {short(now['commit'])}"]
     if not same_patch:
         parts.append(
-            f"{run_patch} -> {'a patch of %d lines' % len(now['patch'].splitlines()) if now['patch'] else 'no patch'}"
+            f"{run_patch} -> " + (f"a patch of {len(now['patch'].splitlines())} lines" if now["patch"] else "no patch")
         )
     return "differs: " + ", ".join(parts) + " (--checkout runs the run's own code)"
 
@@ -199,11 +199,16 @@ def job_overrides(tag: str | None) -> list[str]:
     return [o for o in keep if not o.startswith("hydra.")]
 
 
-def load_job(record: dict) -> Job:
+def require_finished(record: dict) -> None:
     if record["status"] != "FINISHED":
         raise Refusal(
-            f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce"
+            f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: "
+            "only a finished run has a result to reproduce"
         )
+
+
+def load_job(record: dict) -> Job:
+    require_finished(record)
     text = tracking.artifact_text(record["run_id"], "config.yaml")
     if text is None:
         raise Refusal(f"run {record['run_id']} has no config.yaml artifact: it was not recorded by fer_exp.run")
@@ -353,9 +358,12 @@ def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
     if diverge is None:
         word, why = IDENTICAL, f"every metric equal, epoch by epoch ({len(keys)} metrics, {epochs} epochs)"
     else:
-        delta = new["metrics"].get(METRIC, float("nan")) - old["metrics"].get(METRIC, float("nan"))
-        word = WITHIN_NOISE if abs(delta) < tol[0] else DIFFERS
-        why = f"{METRIC} {old['metrics'].get(METRIC, float('nan')):.4f} -> {new['metrics'].get(METRIC, float('nan')):.4f} ({100 * delta:+.2f} points; tolerance {tol[1]}); first difference at {diverge}"
+        before, after = (r["metrics"].get(METRIC, float("nan")) for r in (old, new))
+        word = WITHIN_NOISE if abs(after - before) < tol[0] else DIFFERS
+        why = (
+            f"{METRIC} {before:.4f} -> {after:.4f} ({100 * (after - before):+.2f} points; tolerance {tol[1]}); "
+            f"first difference at {diverge}"
+        )
     if new["tags"].get(tracking.TAG_HASH) != old["tags"].get(tracking.TAG_HASH):
         why += f"; config hash {old['tags'].get(tracking.TAG_HASH)} -> {new['tags'].get(tracking.TAG_HASH)}"
     tracking.tag_run(job.run_id, {tracking.TAG_REPRODUCED: word, tracking.TAG_REPRODUCED_BY: new_id})
@@ -443,10 +451,7 @@ def main(argv: list[str] | None = None) -> int:
             with tracking.quick_failures():
                 tracking.connect(uri)
                 record = tracking.get_record(tracking.resolve_run(args.run))
-            if record["status"] != "FINISHED":
-                raise Refusal(
-                    f"run {record['run_id']} ({record['name']}) is {record['status']}, not FINISHED: only a finished run has a result to reproduce"
-                )
+            require_finished(record)
             jobs = [load_job(r) for r in jobs_of(record, args.jobs)]
             experiment = tracking.experiment_name(record["experiment_id"])
             for job in jobs:

@@ -15,8 +15,9 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 import optuna
 

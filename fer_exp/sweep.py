@@ -65,7 +65,10 @@ def register_champion(job: dict, metric: str = METRIC) -> str | None:
     if current:
         best = tracking.get_record(current[1])["metrics"].get(metric)
         if best is not None and score <= best:
-            return f"model {name} version {version} registered; {name}@{tracking.CHAMPION} stays version {current[0]} ({metric} {best:.4f} >= {score:.4f})"
+            return (
+                f"model {name} version {version} registered; {name}@{tracking.CHAMPION} stays version {current[0]} "
+                f"({metric} {best:.4f} >= {score:.4f})"
+            )
     tracking.make_champion(name, version)
     return f"model {name} version {version} is now models:/{name}@{tracking.CHAMPION} ({metric} {score:.4f})"
 

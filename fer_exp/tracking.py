@@ -13,12 +13,12 @@ import logging
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 import mlflow
 from mlflow.data.dataset_source import DatasetSource

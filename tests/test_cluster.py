@@ -12,9 +12,8 @@ from pathlib import Path
 
 import keras
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, cli, free_port, make_command, run_cli, start, stop, user_env, wait_http
+from mlflow.tracking import MlflowClient
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the cluster extra is not installed")
 pytestmark = pytest.mark.slow

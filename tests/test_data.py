@@ -6,9 +6,9 @@ import sys
 import cv2
 import numpy as np
 import pytest
+from conftest import CLASSES, ROOT, by_class, dirty_folders, user_env, write_csv, write_folders
 from omegaconf import OmegaConf
 
-from conftest import CLASSES, ROOT, by_class, dirty_folders, user_env, write_csv, write_folders
 from fer_exp import data
 from fer_exp.data import DataError, load_data, load_folder_split
 

@@ -3,8 +3,8 @@ predict, serve and the registry take like any other."""
 
 import keras
 import pytest
-
 from conftest import jobs, run_cli, store, write_folders
+
 from fer_exp import ensemble, evaluate, predict
 
 

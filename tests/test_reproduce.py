@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import ROOT, store, user_env, write_folders
+
 from fer_exp import provenance
 from fer_exp.data import data_digests, load_data
 from fer_exp.reproduce import first_divergence, job_overrides

@@ -10,9 +10,9 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
+from conftest import ROOT, free_port, make_command, wait_http
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, make_command, wait_http
 from fer_exp import compare, sweep, tracking
 from fer_exp.evaluate import load_model
 

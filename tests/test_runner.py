@@ -8,9 +8,8 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from mlflow.tracking import MlflowClient
-
 from conftest import ROOT, dirty_folders, run_cli, store, user_env, write_csv, write_folders
+from mlflow.tracking import MlflowClient
 
 slow = pytest.mark.slow
 

@@ -4,8 +4,8 @@ current Optuna, and pruner=median for grid sweeps, run for real on a small synth
 
 import optuna
 import pytest
-
 from conftest import jobs, run_cli, store
+
 from fer_exp import compare
 
 slow = pytest.mark.slow

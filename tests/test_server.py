@@ -17,8 +17,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cli, free_port, run_cli, start, stop, user_env, wait_http
+
 from fer_exp.outbox import CALLS, RUN, Outbox, read_calls, unpack
 
 # --- the outbox, on a fake server -------------------------------------------------------

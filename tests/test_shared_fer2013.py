@@ -1,8 +1,8 @@
 """The real data, where ../shared/fer2013 exists; skipped elsewhere."""
 
 import pytest
-
 from conftest import CLASSES, SHARED_FER
+
 from fer_exp.data import load_folder_split
 
 pytestmark = pytest.mark.skipif(not SHARED_FER.is_dir(), reason=f"{SHARED_FER} not present")

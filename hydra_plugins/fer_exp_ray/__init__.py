@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -43,11 +43,11 @@ class FaultTolerantRayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         import ray
-        from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 
         from fer_exp.data import REMOTE_ENV
         from fer_exp.search import STUDY_ENV
         from fer_exp.tracking import PARENT_ENV, PASSWORD, USER
+        from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
