@@ -95,6 +95,28 @@ class EpochLogger(keras.callbacks.Callback):
         tracking.log_metrics(metrics, step=epoch)
 
 
+class EpochSpeed(keras.callbacks.Callback):
+    """Logs each epoch's training speed, validation left out: its seconds, images/s and the achieved
+    GFLOP/s (`flops_per_image`: models.training_flops), so that every run measures its own speed."""
+
+    def __init__(self, images: int, flops_per_image: int):
+        super().__init__()
+        self.images, self.flops_per_image = images, flops_per_image
+
+    def on_epoch_begin(self, epoch: int, logs=None) -> None:
+        self.start, self.trained = time.monotonic(), None
+
+    def on_test_begin(self, logs=None) -> None:  # the epoch's validation begins
+        if self.trained is None:
+            self.trained = time.monotonic() - self.start
+
+    def on_epoch_end(self, epoch: int, logs=None) -> None:
+        seconds = max(self.trained if self.trained is not None else time.monotonic() - self.start, 1e-9)
+        rate = self.images / seconds
+        speed = {"epoch_train_seconds": seconds, "images_per_s": rate, "gflop_per_s": rate * self.flops_per_image / 1e9}
+        tracking.log_metrics(speed, step=epoch)
+
+
 class EpochCheckpoint(keras.callbacks.Callback):
     """After every epoch, save what a resumed run needs into `folder` and log it to the run's
     checkpoint/ artifacts (restore() reads it back):

@@ -17,8 +17,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # hardware features such as AVX512_VNNI, AVX512_BF16, and AMX").
 ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile")
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
-# Where TensorFlow leaves oneDNN off (an AVX2-only AMD EPYC), oneDNN trains shallow, deep and the VGG
-# recipes 1.3-1.6x faster, and EfficientNetB2 slower: `make bench ARGS="--sections kernels"`
+# Where TensorFlow leaves oneDNN off (AVX2-only CPUs), oneDNN was measured faster for shallow, deep and
+# the VGG recipes and slower for EfficientNetB2: `make bench ARGS="--sections kernels"` measures it
 # (benchmarks/README.md). XLA (jit_compile) was slower for every model, so Keras's default (off) stays.
 ONEDNN_SLOWER = {"efficientnet_b2"}
 

@@ -101,8 +101,7 @@ def vgg(
     crop: the convs see only the central crop x crop pixels (Keras's CenterCrop, in training and
     inference alike). The model still takes whole faces, so evaluate, predict and ensembles need
     nothing else; training gets random crops from the augmenter's shifts, and TTA's shifted views
-    make its ten-crop test. 40 of 48 px costs 0.69x the FLOPs and trained 1.5x faster on an AMD EPYC
-    (benchmarks/README.md).
+    make its ten-crop test. A crop of c px costs about (c/48)^2 of the convs' FLOPs.
     """
     inputs = keras.Input(input_shape)
     x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
@@ -154,7 +153,12 @@ def training_flops(model: keras.Model) -> tuple[int, int]:
             .graph
         )
         options = {**tf.compat.v1.profiler.ProfileOptionBuilder.float_operation(), "output": "none"}
-        counts.append(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+        level = tf.get_logger().level
+        tf.get_logger().setLevel("ERROR")  # the v1 profiler warns that it is a v1 API at every call
+        try:
+            counts.append(tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops)
+        finally:
+            tf.get_logger().setLevel(level)
     return counts[0], counts[1]
 
 

@@ -6,7 +6,9 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import tensorflow as tf
@@ -14,11 +16,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_exp import machine, plots, search, tracking
 from fer_exp.augment import build_augmenter
-from fer_exp.callbacks import EpochCheckpoint, EpochLogger, StopOnNonFinite, StopOnSignal, TimeBudget
+from fer_exp.callbacks import EpochCheckpoint, EpochLogger, EpochSpeed, StopOnNonFinite, StopOnSignal, TimeBudget
 from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
 from fer_exp.evaluate import evaluate
-from fer_exp.models import CLASSES_KEY, build_model, write_classes
+from fer_exp.models import CLASSES_KEY, build_model, training_flops, write_classes
 from fer_exp.pipeline import make_dataset, to_inputs
 
 log = logging.getLogger(__name__)
@@ -104,40 +106,37 @@ def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str
             )
 
 
+@dataclass
+class Watch:
+    """The callbacks of fit whose outcome train() reads afterwards."""
+
+    budget: TimeBudget
+    checkpoint: EpochCheckpoint
+    stopper: keras.callbacks.EarlyStopping | None = None
+    trial: Any = None  # search.trial_for's reporter (ReportToTrial), in a pruned sweep or a search
+
+    def stop_reason(self) -> str:
+        if self.trial and self.trial.pruned_at:
+            return "pruned"
+        if self.budget.triggered:
+            return "max_minutes"
+        return "early_stopping" if self.stopper and self.stopper.stopped_epoch > 0 else "epochs"
+
+
 def make_callbacks(
-    c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, trial=None
-) -> tuple[list, dict]:
-    """(the callbacks of fit, {"budget", "stopper", "checkpoint", "trial"}: those whose outcome is read after fit)."""
+    c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, speed: EpochSpeed, trial=None
+) -> tuple[list, Watch]:
+    """(the callbacks of fit, the Watch on those whose outcome is read after fit)."""
     es = c["early_stopping"]
-    watch = {
-        "budget": TimeBudget(c["max_minutes"]),
-        "checkpoint": EpochCheckpoint(out / "checkpoint", best, history),
-        "stopper": None,
-        "trial": trial,
-    }
-    callbacks = [
-        StopOnSignal(),
-        StopOnNonFinite(),
-        best,
-        EpochLogger(),
-        watch["budget"],
-        watch["checkpoint"],
-        *([trial] if trial else []),
-    ]
+    watch = Watch(TimeBudget(c["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
+    callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), speed, watch.budget, watch.checkpoint]
+    callbacks += [trial] if trial else []
     if es["patience"] > 0:
-        watch["stopper"] = keras.callbacks.EarlyStopping(
+        watch.stopper = keras.callbacks.EarlyStopping(
             monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1
         )
-        callbacks.append(watch["stopper"])
+        callbacks.append(watch.stopper)
     return callbacks, watch
-
-
-def stop_reason(watch: dict) -> str:
-    if watch["trial"] and watch["trial"].pruned_at:
-        return "pruned"
-    if watch["budget"].triggered:
-        return "max_minutes"
-    return "early_stopping" if watch["stopper"] and watch["stopper"].stopped_epoch > 0 else "epochs"
 
 
 def report(
@@ -242,7 +241,8 @@ def train(
         )
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
-        callbacks, watch = make_callbacks(c, out, best, state["history"], trial)
+        speed = EpochSpeed(len(train_split), training_flops(model)[1])
+        callbacks, watch = make_callbacks(c, out, best, state["history"], speed, trial)
         log.info(
             "training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s",
             c["model"]["name"],
@@ -266,7 +266,7 @@ def train(
             callbacks=callbacks,
             verbose=fit_verbosity(c["verbose"]),
         )
-        seconds, reason, history = time.time() - start, stop_reason(watch), watch["checkpoint"].history
+        seconds, reason, history = time.time() - start, watch.stop_reason(), watch.checkpoint.history
         epochs_run = len(history.get("loss", []))
         kept = keep_weights(c, model, model_file, history, es)
         tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
