@@ -7,7 +7,8 @@ EXTRAS := $(VENV)/.installed-extras
 # uv installs exactly what uv.lock pins (`make lock` refreshes it); it lives in its own small venv
 UV_VERSION := 0.13.9
 UV     := .tools/bin/uv
-UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --python $(PYTHON) --quiet
+# --inexact: the core install leaves the extras in place (a `make server` beside a running `make test`)
+UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --inexact --python $(PYTHON) --quiet
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # The MLflow store that `make ui`, `make compare` and `make serve` read
@@ -23,6 +24,9 @@ AUTH ?=
 SERVER_AUTH_DB ?= sqlite:///$(CURDIR)/mlruns/server-auth.db
 SERVER_AUTH_INI ?= $(CURDIR)/mlruns/server-auth.ini
 ADMIN_PASSWORD_FILE ?=
+# MLflow's server also starts job runners (huey consumers, for its GenAI evaluation jobs), which
+# fer_exp never uses: each imports MLflow, slowing every start. Set it to true to have them.
+NO_JOBS = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 # What `make serve` serves, and where
 MODEL  ?= models:/fer@champion
 SERVE_PORT ?= 5001
@@ -43,7 +47,6 @@ $(UV):
 
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC)
-	rm -f $(EXTRAS)
 	touch $(STAMP)
 
 # the test and cluster extras (pytest, Playwright, Ray, submitit, ruff): for the tests and hydra/launcher=ray|slurm
@@ -72,14 +75,14 @@ sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer201
 
 ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=, STORE= to change)
 	@echo "fer_exp: open the link a sweep's summary printed (\`make compare\` prints the latest sweep's) to see its jobs compared"
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT)
+	$(NO_JOBS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT)
 
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
 	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
 
 server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=, AUTH=1)
 ifeq ($(AUTH),)
-	$(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
+	$(NO_JOBS) $(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
 		--host $(HOST) --port $(SERVER_PORT)
 else
 	@mkdir -p $(dir $(SERVER_AUTH_INI))
@@ -88,7 +91,7 @@ else
 	if [ -z "$$password" ]; then echo "make server AUTH=1: set MLFLOW_AUTH_ADMIN_PASSWORD or ADMIN_PASSWORD_FILE=<file> (the admin's password, 12+ characters)" >&2; exit 2; fi; \
 	secret="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))')}"; \
 	MLFLOW_AUTH_CONFIG_PATH=$(SERVER_AUTH_INI) MLFLOW_AUTH_ADMIN_PASSWORD="$$password" MLFLOW_FLASK_SERVER_SECRET_KEY="$$secret" \
-	exec $(BIN)/mlflow server --app-name basic-auth --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
+	$(NO_JOBS) exec $(BIN)/mlflow server --app-name basic-auth --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
 		--host $(HOST) --port $(SERVER_PORT)
 endif
 

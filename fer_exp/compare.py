@@ -5,7 +5,7 @@
 
 Without sweep=, the latest sweep of the experiment. Jobs still running show the best
 value of their per-epoch metric so far. The table shows only the overrides that differ
-between jobs. The table and plot are pure functions of run records (tracking.record).
+between jobs. The table and plot are pure functions of run records (tracking.get_record).
 """
 
 from __future__ import annotations
@@ -15,9 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from fer_exp import tracking
+from fer_exp import cli, tracking
 from fer_exp.config import is_choice
 
 DEFAULTS = {
@@ -140,7 +138,7 @@ def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
     if not rows:
         raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
     files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
-    tracking.log_files_to(sweep["run_id"], files)
+    tracking.log_files(files, run_id=sweep["run_id"])
     return (
         table(rows, metric),
         files[0],
@@ -167,10 +165,7 @@ def find_sweep(experiment: str, sweep_id: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
-    if unknown := sorted(set(args) - set(DEFAULTS)):
-        print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
-        return 2
+    args = cli.parse(argv, DEFAULTS, __doc__)
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
         print(

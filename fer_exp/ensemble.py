@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fer_exp import compare, tracking
+from fer_exp import cli, compare, tracking
 
 log = logging.getLogger("fer_exp.ensemble")
 DEFAULTS = {
@@ -221,12 +221,8 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
+    args = cli.parse(argv, DEFAULTS, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if unknown := sorted(set(args) - set(DEFAULTS)):
-        print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
-        return 2
-    from fer_exp import sweep
 
     try:
         tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
@@ -254,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         f"best member {m['best_member_val_accuracy']:.4f}"
     )
     try:
-        if note := sweep.register_champion(run):
+        if note := tracking.register_champion(run):
             print(note)
     except tracking.TrackingError as e:
         log.warning("could not register the ensemble: %s", e)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 
+from fer_exp import cli
 from fer_exp.data import DataError, Split, decode_files, load_folder_split
 
 log = logging.getLogger("fer_exp.evaluate")
@@ -179,15 +179,8 @@ DEFAULTS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
+    args = cli.parse(argv, DEFAULTS, __doc__, required=("model", "data_dir"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    unknown = sorted(set(args) - set(DEFAULTS))
-    if unknown or not args.model or not args.data_dir:
-        print(
-            __doc__ + (f"\nunknown option(s): {unknown}" if unknown else "\nmodel= and data_dir= are required"),
-            file=sys.stderr,
-        )
-        return 2
     out_dir = args.out_dir or f"outputs/evaluate/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     try:
         model, classes = load_model(args.model, args.tracking_uri, args.tracking_dir)

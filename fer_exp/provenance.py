@@ -3,10 +3,14 @@ the installed packages and the lock they came from, and the command line. No MLf
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import shlex
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -82,3 +86,34 @@ def command_line() -> str:
     if script.suffix == ".py" and script.resolve().parent == ROOT / "fer_exp":
         return shlex.join(["python", "-m", f"fer_exp.{script.stem}", *sys.argv[1:]])
     return shlex.join(sys.argv)
+
+
+class CheckoutError(Exception):
+    """The recorded code cannot be restored; the message says why and what to do."""
+
+
+@contextlib.contextmanager
+def checkout(commit: str, patch: str | None, root: Path = ROOT) -> Iterator[Path]:
+    """A temporary git worktree of the repository at `root`, at `commit` with `patch` applied; removed on exit."""
+    if subprocess.run(
+        ["git", "-C", str(root), "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True
+    ).returncode:
+        raise CheckoutError(
+            f"commit {commit} is not in the repository at {root}: fetch it (git fetch --all) and try again"
+        )
+    folder = Path(tempfile.mkdtemp(prefix="fer_exp-checkout-")) / "code"
+    _git("worktree", "add", "--detach", "--quiet", str(folder), commit, root=root)
+    try:
+        if patch:
+            applied = subprocess.run(
+                ["git", "-C", str(folder), "apply", "--whitespace=nowarn", "-"],
+                input=patch,
+                text=True,
+                capture_output=True,
+            )
+            if applied.returncode:
+                raise CheckoutError(f"its patch does not apply on commit {commit[:12]}: {applied.stderr.strip()[:500]}")
+        yield folder
+    finally:
+        subprocess.run(["git", "-C", str(root), "worktree", "remove", "--force", str(folder)], capture_output=True)
+        shutil.rmtree(folder.parent, ignore_errors=True)

@@ -21,7 +21,6 @@ import logging
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,14 +28,13 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fer_exp import machine, provenance, tracking
-from fer_exp.config import NOT_CHOICES, flatten
-from fer_exp.data import DataError, data_digests
+from fer_exp import differences, machine, provenance, tracking
+from fer_exp.config import NOT_CHOICES
+from fer_exp.data import DataError
 
 log = logging.getLogger("fer_exp.reproduce")
-METRIC = "best_val_accuracy"  # what "within noise" is judged on
+METRIC = tracking.METRIC  # what "within noise" is judged on
 DEFAULT_TOLERANCE = 0.005  # 0.5 points of accuracy, when the config has no repeated seeds
-TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
 IDENTICAL, WITHIN_NOISE, DIFFERS = "identical", "within noise", "differs"
 # Starts fer_exp.run from a worktree's code: its folder goes first on sys.path (before the current
 # directory and the installed package), while the current directory, and with it relative data
@@ -62,130 +60,6 @@ class Job:
     @property
     def run_id(self) -> str:
         return self.record["run_id"]
-
-
-def short(text: str | None, n: int = 12) -> str:
-    return (text or "-")[:n]
-
-
-# --- what differs between the run and now ------------------------------------
-
-
-def code_line(job: Job, now: dict | None, patch: str | None, checkout: bool) -> str:
-    tags = job.record["tags"]
-    commit, dirty = tags.get("mlflow.source.git.commit"), tags.get("fer_exp.git_dirty") == "true"
-    run_patch = (
-        f"a patch of {len(patch.splitlines())} lines" if patch else ("a patch not recorded" if dirty else "no patch")
-    )
-    if checkout:
-        return f"same: the run's own code, commit {short(commit)} + {run_patch}, in a temporary worktree"
-    if now is None:
-        return f"unknown: the code here is not a git checkout (the run: commit {short(commit)}, {run_patch})"
-    same_commit, same_patch = commit == now["commit"], (patch or "") == now["patch"] and not (dirty and patch is None)
-    if same_commit and same_patch:
-        return f"same: commit {short(commit)}, {run_patch}"
-    parts = [] if same_commit else [f"commit {short(commit)} -> {short(now['commit'])}"]
-    if not same_patch:
-        parts.append(
-            f"{run_patch} -> " + (f"a patch of {len(now['patch'].splitlines())} lines" if now["patch"] else "no patch")
-        )
-    return "differs: " + ", ".join(parts) + " (--checkout runs the run's own code)"
-
-
-def today_config(overrides: list[str]) -> dict | None:
-    """The config today's conf/ composes from the run's overrides; None when it cannot."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-
-    from fer_exp.data import with_fallback
-
-    try:
-        with initialize_config_dir(config_dir=str(provenance.ROOT / "conf"), version_base="1.3"):
-            cfg = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
-    except (HydraException, ValueError, OSError):
-        return None
-    cfg.pop("hydra", None)
-    cfg["data"] = with_fallback(cfg["data"])
-    return cfg
-
-
-def choices(config: dict) -> dict:
-    return {k: v for k, v in flatten(config).items() if k.split(".", 1)[0] not in NOT_CHOICES}
-
-
-def config_line(job: Job, today: dict | None, checkout: bool) -> str:
-    if checkout:
-        return "same: the run's overrides on the run's conf/ (its config hash is checked after)"
-    if today is None:
-        return "same: the run's logged config is re-run (today's conf/ cannot compose its overrides)"
-    run, now = choices(job.config), choices(today)
-    changed = [
-        f"{k} {run.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
-        for k in sorted(set(run) | set(now))
-        if run.get(k) != now.get(k)
-    ]
-    if not changed:
-        return "same: today's conf/ composes the run's config"
-    more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
-    return f"same: the run's logged config is re-run; today's defaults would change {'; '.join(changed[:3])}{more}"
-
-
-def data_line(job: Job, force: bool) -> str:
-    data = job.config["data"]
-    now, source = data_digests(data, seed=job.config["seed"])  # DataError when the data is missing
-    recorded = job.digests
-    differ = []
-    for split, digest in now.items():
-        name = f"{data['name']}-{split}"
-        if name not in recorded:
-            continue
-        if recorded[name] != digest[: len(recorded[name])]:
-            differ.append(f"{split}: the run's {short(recorded[name])}, now {short(digest)}")
-    if differ:
-        message = f"data differs in {source}: {'; '.join(differ)}"
-        if not force:
-            raise Refusal(
-                f"{message}. A rerun on other data is not a reproduction; restore the files, or pass --force to re-run anyway"
-            )
-        return f"differs (--force): {'; '.join(differ)} in {source}"
-    if not any(f"{data['name']}-{s}" in recorded for s in now):
-        return f"unknown: the run recorded no data digest ({source})"
-    return f"same: {', '.join(f'{s} {short(d)}' for s, d in now.items())} ({source})"
-
-
-def environment_line(run_env: str | None) -> str:
-    if run_env is None:
-        return "unknown: the run recorded no environment.txt"
-    run, now = provenance.parse_environment(run_env), provenance.parse_environment(provenance.environment_text())
-    full = "lock" in run  # older runs listed seven packages, not all
-    keys = sorted(set(run) | set(now)) if full else sorted(run)
-    changed = [f"{k} {run.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in keys if run.get(k) != now.get(k)]
-    if not changed:
-        return f"same: python {now.get('python')}, {len(now) - 2} packages, {provenance.LOCK} {now.get('lock')}"
-    more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
-    return f"differs: {'; '.join(changed[:4])}{more}"
-
-
-def machine_line(job: Job) -> str:
-    tags = {k.split(".")[-1]: v for k, v in job.record["tags"].items() if k.startswith("fer_exp.machine.")}
-    now = machine.describe(job.config.get("precision", "float32"))
-    now["onednn"] = tags.get("onednn", now["onednn"])  # the rerun sets oneDNN as the run had it
-    changed = [
-        f"{k} {tags[k]!r} -> {now[k]!r}"
-        for k in ("cpu", "cpu_flags", "cores", "precision")
-        if k in tags and tags[k] != now[k]
-    ]
-    if not tags:
-        return f"unknown: the run recorded no machine ({now['cpu']} here)"
-    what = f"{now['cpu']}, {now['precision']}, oneDNN {now['onednn']} (as the run)"
-    return f"differs: {'; '.join(changed)}" if changed else f"same: {what}"
-
-
-def seed_line(job: Job) -> str:
-    seed, deterministic = job.config.get("seed"), job.config.get("deterministic", False)
-    return f"same: {seed}" + (
-        ", deterministic ops" if deterministic else "; deterministic=false, so expect within noise at best"
-    )
 
 
 # --- planning: everything checked before any training ------------------------
@@ -219,33 +93,19 @@ def load_job(record: dict) -> Job:
 
 
 def make_worktree(job: Job, patch: str | None, stack: contextlib.ExitStack) -> Path:
-    """A temporary git worktree at the run's commit with its patch applied (removed on exit)."""
+    """The run's own code in a temporary git worktree (removed when `stack` closes)."""
     commit = job.record["tags"].get("mlflow.source.git.commit")
     if not commit:
         raise Refusal(f"run {job.run_id} recorded no git commit: its code cannot be checked out")
     if job.record["tags"].get("fer_exp.git_dirty") == "true" and patch is None:
         raise Refusal(
-            f"run {job.run_id} ran on uncommitted changes that were not recorded (it predates source.patch): its code cannot be restored"
+            f"run {job.run_id} ran on uncommitted changes that were not recorded (it predates source.patch): "
+            "its code cannot be restored"
         )
-    git = ["git", "-C", str(provenance.ROOT)]
-    if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode:
-        raise Refusal(
-            f"commit {commit} of run {job.run_id} is not in the repository at {provenance.ROOT}: fetch it (git fetch --all) and try again"
-        )
-    folder = Path(tempfile.mkdtemp(prefix="fer_exp-checkout-")) / "code"
-    subprocess.run(
-        [*git, "worktree", "add", "--detach", "--quiet", str(folder), commit], check=True, capture_output=True
-    )
-    stack.callback(lambda: subprocess.run([*git, "worktree", "remove", "--force", str(folder)], capture_output=True))
-    if patch:
-        applied = subprocess.run(
-            ["git", "-C", str(folder), "apply", "--whitespace=nowarn", "-"], input=patch, text=True, capture_output=True
-        )
-        if applied.returncode:
-            raise Refusal(
-                f"the patch of run {job.run_id} does not apply on commit {short(commit)}: {applied.stderr.strip()[:500]}"
-            )
-    return folder
+    try:
+        return stack.enter_context(provenance.checkout(commit, patch))
+    except provenance.CheckoutError as e:
+        raise Refusal(f"run {job.run_id}: {e}") from None
 
 
 def plan(job: Job, args, stack: contextlib.ExitStack) -> None:
@@ -253,14 +113,15 @@ def plan(job: Job, args, stack: contextlib.ExitStack) -> None:
     patch = tracking.artifact_text(job.run_id, tracking.PATCH)
     if args.checkout:
         job.worktree = make_worktree(job, patch, stack)
-    today = None if args.checkout else today_config(job.overrides)
+    today = None if args.checkout else differences.today_config(job.overrides)
+    tags = job.record["tags"]
     job.lines = [
-        ("code", code_line(job, provenance.code_state(), patch, args.checkout)),
-        ("config", config_line(job, today, args.checkout)),
-        ("data", data_line(job, args.force)),
-        ("environment", environment_line(tracking.artifact_text(job.run_id, "environment.txt"))),
-        ("machine", machine_line(job)),
-        ("seed", seed_line(job)),
+        ("code", differences.code_line(tags, provenance.code_state(), patch, args.checkout)),
+        ("config", differences.config_line(job.config, today, args.checkout)),
+        ("data", differences.data_line(job.config, job.digests, args.force)),
+        ("environment", differences.environment_line(tracking.artifact_text(job.run_id, "environment.txt"))),
+        ("machine", differences.machine_line(tags, job.config.get("precision", "float32"))),
+        ("seed", differences.seed_line(job.config)),
     ]
     if today is not None:  # keys added to conf/ since the run take today's defaults; the run's values win
         job.config = OmegaConf.to_container(OmegaConf.merge(today, job.config))
@@ -311,25 +172,6 @@ def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
 # --- the verdict -----------------------------------------------------------------
 
 
-def result_metrics(record: dict) -> list[str]:
-    return sorted(k for k in record["metrics"] if not any(t in k for t in TIMING))
-
-
-def first_divergence(old: dict[str, list[float]], new: dict[str, list[float]], epochs: int) -> str | None:
-    """Where two runs' metrics first differ: "epoch 3 val_loss 0.81 vs 0.82"; None when all are equal."""
-    keys = sorted(set(old) | set(new), key=lambda k: (len(old.get(k, [])) != epochs, k))  # per-epoch ones first
-    for step in range(max([len(v) for v in [*old.values(), *new.values()]] or [0])):
-        for k in keys:
-            a, b = old.get(k, []), new.get(k, [])
-            if step >= len(a) and step >= len(b):
-                continue
-            va, vb = (a[step] if step < len(a) else None), (b[step] if step < len(b) else None)
-            if va != vb:
-                where = f"epoch {step + 1} {k}" if len(a) == epochs or len(b) == epochs else f"{k}"
-                return f"{where}: {va if va is None else f'{va:.6g}'} vs {vb if vb is None else f'{vb:.6g}'}"
-    return None
-
-
 def tolerance(job: Job, points: float | None) -> tuple[float, str]:
     """(tolerance, why): --tolerance, else the seed spread of this config where repeated seeds exist, else 0.5 points."""
     if points is not None:
@@ -352,9 +194,11 @@ def tolerance(job: Job, points: float | None) -> tuple[float, str]:
 def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
     """(identical | within noise | differs, the explanation); tags both runs."""
     old, new = tracking.get_record(job.run_id), tracking.get_record(new_id)
-    keys = sorted(set(result_metrics(old)) | set(result_metrics(new)))
+    keys = sorted(set(differences.result_metrics(old)) | set(differences.result_metrics(new)))
     epochs = int(old["metrics"].get("epochs_run", 0))
-    diverge = first_divergence(tracking.histories(job.run_id, keys), tracking.histories(new_id, keys), epochs)
+    diverge = differences.first_divergence(
+        tracking.histories(job.run_id, keys), tracking.histories(new_id, keys), epochs
+    )
     if diverge is None:
         word, why = IDENTICAL, f"every metric equal, epoch by epoch ({len(keys)} metrics, {epochs} epochs)"
     else:
@@ -366,8 +210,8 @@ def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
         )
     if new["tags"].get(tracking.TAG_HASH) != old["tags"].get(tracking.TAG_HASH):
         why += f"; config hash {old['tags'].get(tracking.TAG_HASH)} -> {new['tags'].get(tracking.TAG_HASH)}"
-    tracking.tag_run(job.run_id, {tracking.TAG_REPRODUCED: word, tracking.TAG_REPRODUCED_BY: new_id})
-    tracking.tag_run(new_id, {tracking.TAG_REPRODUCED: word})
+    tracking.set_tags({tracking.TAG_REPRODUCED: word, tracking.TAG_REPRODUCED_BY: new_id}, run_id=job.run_id)
+    tracking.set_tags({tracking.TAG_REPRODUCED: word}, run_id=new_id)
     return word, why
 
 

@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from fer_exp import compare, search, tracking
 
 log = logging.getLogger(__name__)
-METRIC = "best_val_accuracy"  # what a sweep's jobs are ranked, tagged and registered by
+METRIC = tracking.METRIC  # what a sweep's jobs are ranked, tagged and registered by
 
 
 class SweepRun(Callback):
@@ -51,28 +51,6 @@ class SweepRun(Callback):
             sys.exit(1)
 
 
-def register_champion(job: dict, metric: str = METRIC) -> str | None:
-    """Register a job's model (a run record) under its data's registry name (param data.register_as, e.g. `fer`).
-
-    The alias `champion` moves to it when it beats the current champion on `metric`.
-    Returns what was done, or None when the run's data has no registry name.
-    """
-    name = job["params"].get("data.register_as")
-    if not name or name == "None":
-        return None
-    version = tracking.register_model(job["run_id"], name)
-    score, current = job["metrics"][metric], tracking.champion(name)
-    if current:
-        best = tracking.get_record(current[1])["metrics"].get(metric)
-        if best is not None and score <= best:
-            return (
-                f"model {name} version {version} registered; {name}@{tracking.CHAMPION} stays version {current[0]} "
-                f"({metric} {best:.4f} >= {score:.4f})"
-            )
-    tracking.make_champion(name, version)
-    return f"model {name} version {version} is now models:/{name}@{tracking.CHAMPION} ({metric} {score:.4f})"
-
-
 def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:
     """No job can still be running: a job run left RUNNING was lost (its process died, e.g. a
     killed worker); end it FAILED with the reason. Returns the jobs as they now are."""
@@ -92,11 +70,11 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     if not scored:
         return []
     best = max(scored, key=lambda j: j["metrics"][METRIC])
-    tracking.tag_run(best["run_id"], {tracking.TAG_BEST: "true"})
-    tracking.tag_run(parent, {tracking.TAG_BEST_RUN: best["run_id"]})
+    tracking.set_tags({tracking.TAG_BEST: "true"}, run_id=best["run_id"])
+    tracking.set_tags({tracking.TAG_BEST_RUN: best["run_id"]}, run_id=parent)
     lines = [f"best: {best['name']} (run {best['run_id']}), val_accuracy {best['metrics'][METRIC]:.4f}"]
     try:
-        if note := register_champion(best):
+        if note := tracking.register_champion(best):
             lines.append(note)
     except Exception as e:  # e.g. a store without a model registry: the sweep still ends
         log.warning("could not register the best model: %s", e)
@@ -110,9 +88,8 @@ def _ui_view(parent: str, jobs: list[dict], rows: list[dict]) -> list[str]:
     finished = [r for r in rows if r["status"] == "FINISHED" and r["value"] is not None]
     if finished:
         best = finished[0]
-        tracking.log_metrics_to(
-            parent, {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})}
-        )
+        scores = {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})}
+        tracking.log_metrics(scores, run_id=parent)
     try:
         link = tracking.share_view(parent, compare.ui_view(parent, jobs, rows, METRIC))
     except Exception as e:  # a view must not fail a finished sweep
@@ -138,14 +115,14 @@ def _study_plots(parent: str, out_dir: Path) -> list[str]:
     except Exception as e:  # a plot must not fail a finished sweep
         log.warning("could not draw the study's plots: %s", e)
         return []
-    tracking.log_files_to(parent, files)
+    tracking.log_files(files, run_id=parent)
     return [f"study plots: {', '.join(f.name for f in files)}"] if files else []
 
 
 def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, jobs_done: bool = True) -> bool:
     """End the current sweep's parent run, tag its best job, print the summary.
 
-    The best FINISHED job's model is registered (see register_champion) and, with
+    The best FINISHED job's model is registered (see tracking.register_champion) and, with
     out_dir, the comparison plot is written there and logged to the parent run.
     jobs_done: no job can still be running, so one left RUNNING was lost (_end_lost_jobs).
     status None: FINISHED when every job finished, else FAILED. Returns whether all finished.
@@ -159,7 +136,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     failed = [j for j in jobs if j["status"] != "FINISHED"]
     prefix = tracking.TAG_REUSED + "."
     reused = [k[len(prefix) :] for k in tracking.get_record(parent)["tags"] if k.startswith(prefix)]
-    tracking.tag_run(parent, {tracking.TAG_SWEEP: parent})
+    tracking.set_tags({tracking.TAG_SWEEP: parent}, run_id=parent)
     lines = [f"\nSweep {parent}: {len(jobs)} job(s), {len(failed)} not finished"]
     if reused:
         lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
@@ -176,7 +153,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
             files = compare.save(
                 rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)"
             )
-            tracking.log_files_to(parent, files)
+            tracking.log_files(files, run_id=parent)
             lines.append(f"comparison: {files[0]}")
         except Exception as e:  # a plot must not fail a finished sweep
             log.warning("could not draw the sweep comparison: %s", e)

@@ -15,16 +15,13 @@ import os
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from fer_exp import cli
 
 DEFAULTS = {"spool": "mlruns/spool", "tracking_uri": None}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = OmegaConf.merge(DEFAULTS, OmegaConf.from_dotlist(argv if argv is not None else sys.argv[1:]))
-    if unknown := sorted(set(args) - set(DEFAULTS)):
-        print(f"{__doc__}\nunknown option(s): {unknown}", file=sys.stderr)
-        return 2
+    args = cli.parse(argv, DEFAULTS, __doc__)
     from fer_exp import tracking
     from fer_exp.outbox import RUN
 

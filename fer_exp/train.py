@@ -228,7 +228,8 @@ def train(
                 compile_model(c, len(classes), -(-len(train_split) // max(1, c["batch_size"]))),
                 {"epoch": -1, "history": {}},
             )
-        tracking.log_metrics({"params": model.count_params()})
+        flops = training_flops(model)[1]  # per image, forward + backward
+        tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
         augmenter = build_augmenter(**c["augment"], seed=c["seed"])
         train_ds = make_dataset(
             train_split.images,
@@ -241,7 +242,7 @@ def train(
         )
         val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
         weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
-        speed = EpochSpeed(len(train_split), training_flops(model)[1])
+        speed = EpochSpeed(len(train_split), flops)
         callbacks, watch = make_callbacks(c, out, best, state["history"], speed, trial)
         log.info(
             "training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s",

@@ -1,3 +1,4 @@
+import importlib
 import subprocess
 import sys
 
@@ -124,3 +125,15 @@ def test_lr_abc_fails_before_any_work_with_one_line(tmp_path):
     errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line]
     assert p.returncode == 2 and len(errors) == 1 and "lr='abc' is not valid: expected a number > 0" in errors[0]
     assert "Traceback" not in p.stderr and not (tmp_path / "mlruns").exists()  # no run, no store: nothing started
+
+
+@pytest.mark.parametrize("tool", ["compare", "ensemble", "evaluate", "sync"])
+def test_every_tool_lists_its_keys_and_names_an_unknown_one(tool, capsys):
+    module = importlib.import_module(f"fer_exp.{tool}")
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and all(f"  {k}=" in out for k in module.DEFAULTS)
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["bogus_key=1"])
+    assert exit_.value.code == 2 and "error: unknown key(s): bogus_key" in capsys.readouterr().err

@@ -99,6 +99,8 @@ def test_a_class_list_that_does_not_fit_the_model_is_an_error(tmp_path, trained,
 
 
 def test_evaluate_reports_bad_arguments(tmp_path, capsys):
-    assert main(["data_dir=x"]) == 2
+    with pytest.raises(SystemExit) as exit_:
+        main(["data_dir=x"])
+    assert exit_.value.code == 2 and "error: model= required" in capsys.readouterr().err
     assert main([f"model={tmp_path / 'none.h5'}", f"data_dir={tmp_path}"]) == 2
     assert "model file not found" in capsys.readouterr().err

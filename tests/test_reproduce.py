@@ -10,7 +10,8 @@ from conftest import ROOT, store, user_env, write_folders
 
 from fer_exp import provenance
 from fer_exp.data import data_digests, load_data
-from fer_exp.reproduce import first_divergence, job_overrides
+from fer_exp.differences import first_divergence
+from fer_exp.reproduce import job_overrides
 
 slow = pytest.mark.slow
 GIT = ["git", "-c", "user.name=fer_exp tests", "-c", "user.email=tests@fer-exp.invalid"]

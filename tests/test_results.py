@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, free_port, make_command, wait_http
 from mlflow.tracking import MlflowClient
 
-from fer_exp import compare, sweep, tracking
+from fer_exp import compare, tracking
 from fer_exp.evaluate import load_model
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -99,10 +99,10 @@ def test_best_model_is_registered_and_champion_moves_only_when_beaten(sweep_stor
     champion = client.get_model_version_by_alias("fer-synthetic", "champion")
     assert champion.run_id == best["run_id"]
     worse = next(r for r in children if r["run_id"] != best["run_id"])  # no better than the best (ties stay)
-    assert "stays" in sweep.register_champion(worse)
+    assert "stays" in tracking.register_champion(worse)
     assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == best["run_id"]
     client.log_metric(worse["run_id"], "best_val_accuracy", 1.0)  # now it beats the champion
-    assert "is now models:/fer-synthetic@champion" in sweep.register_champion(tracking.get_record(worse["run_id"]))
+    assert "is now models:/fer-synthetic@champion" in tracking.register_champion(tracking.get_record(worse["run_id"]))
     assert client.get_model_version_by_alias("fer-synthetic", "champion").run_id == worse["run_id"]
     assert len(client.search_model_versions("name = 'fer-synthetic'")) == 2  # no duplicate version for a run
 

@@ -1,0 +1,159 @@
+"""What differs between a recorded run and now, one line per aspect ("same: ..." or "differs: ..."):
+code, config, data, environment, machine, seed. Pure functions of what the run recorded."""
+
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from fer_exp import machine, provenance
+from fer_exp.config import NOT_CHOICES, flatten
+from fer_exp.data import DataError, data_digests
+
+TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
+
+
+def short(text: str | None, n: int = 12) -> str:
+    return (text or "-")[:n]
+
+
+def code_line(tags: dict, now: dict | None, patch: str | None, checkout: bool) -> str:
+    """The run's commit and patch (its tags, its source.patch) against `now` (provenance.code_state())."""
+    commit, dirty = tags.get("mlflow.source.git.commit"), tags.get("fer_exp.git_dirty") == "true"
+    run_patch = (
+        f"a patch of {len(patch.splitlines())} lines" if patch else ("a patch not recorded" if dirty else "no patch")
+    )
+    if checkout:
+        return f"same: the run's own code, commit {short(commit)} + {run_patch}, in a temporary worktree"
+    if now is None:
+        return f"unknown: the code here is not a git checkout (the run: commit {short(commit)}, {run_patch})"
+    same_commit, same_patch = commit == now["commit"], (patch or "") == now["patch"] and not (dirty and patch is None)
+    if same_commit and same_patch:
+        return f"same: commit {short(commit)}, {run_patch}"
+    parts = [] if same_commit else [f"commit {short(commit)} -> {short(now['commit'])}"]
+    if not same_patch:
+        parts.append(
+            f"{run_patch} -> " + (f"a patch of {len(now['patch'].splitlines())} lines" if now["patch"] else "no patch")
+        )
+    return "differs: " + ", ".join(parts) + " (--checkout runs the run's own code)"
+
+
+def today_config(overrides: list[str]) -> dict | None:
+    """The config today's conf/ composes from the run's overrides; None when it cannot."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+
+    from fer_exp.data import with_fallback
+
+    try:
+        with initialize_config_dir(config_dir=str(provenance.ROOT / "conf"), version_base="1.3"):
+            cfg = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
+    except (HydraException, ValueError, OSError):
+        return None
+    cfg.pop("hydra", None)
+    cfg["data"] = with_fallback(cfg["data"])
+    return cfg
+
+
+def choices(config: dict) -> dict:
+    return {k: v for k, v in flatten(config).items() if k.split(".", 1)[0] not in NOT_CHOICES}
+
+
+def config_line(config: dict, today: dict | None, checkout: bool) -> str:
+    """The run's logged config against what today's conf/ composes from its overrides (today_config)."""
+    if checkout:
+        return "same: the run's overrides on the run's conf/ (its config hash is checked after)"
+    if today is None:
+        return "same: the run's logged config is re-run (today's conf/ cannot compose its overrides)"
+    run, now = choices(config), choices(today)
+    changed = [
+        f"{k} {run.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
+        for k in sorted(set(run) | set(now))
+        if run.get(k) != now.get(k)
+    ]
+    if not changed:
+        return "same: today's conf/ composes the run's config"
+    more = f" (+{len(changed) - 3} more)" if len(changed) > 3 else ""
+    return f"same: the run's logged config is re-run; today's defaults would change {'; '.join(changed[:3])}{more}"
+
+
+def data_line(config: dict, recorded: dict[str, str], force: bool) -> str:
+    """The data digests the run recorded ({dataset name: digest}) against the files found now.
+    Raises DataError when they differ (unless `force`) or the data is missing."""
+    data = config["data"]
+    now, source = data_digests(data, seed=config["seed"])
+    differ = []
+    for split, digest in now.items():
+        name = f"{data['name']}-{split}"
+        if name not in recorded:
+            continue
+        if recorded[name] != digest[: len(recorded[name])]:
+            differ.append(f"{split}: the run's {short(recorded[name])}, now {short(digest)}")
+    if differ:
+        message = f"data differs in {source}: {'; '.join(differ)}"
+        if not force:
+            raise DataError(
+                f"{message}. A rerun on other data is not a reproduction; restore the files, or pass --force to re-run anyway"
+            )
+        return f"differs (--force): {'; '.join(differ)} in {source}"
+    if not any(f"{data['name']}-{s}" in recorded for s in now):
+        return f"unknown: the run recorded no data digest ({source})"
+    return f"same: {', '.join(f'{s} {short(d)}' for s, d in now.items())} ({source})"
+
+
+def environment_line(run_env: str | None) -> str:
+    """The run's environment.txt against the packages installed now."""
+    if run_env is None:
+        return "unknown: the run recorded no environment.txt"
+    run, now = provenance.parse_environment(run_env), provenance.parse_environment(provenance.environment_text())
+    full = "lock" in run  # older runs listed seven packages, not all
+    keys = sorted(set(run) | set(now)) if full else sorted(run)
+    changed = [f"{k} {run.get(k, '(none)')} -> {now.get(k, '(none)')}" for k in keys if run.get(k) != now.get(k)]
+    if not changed:
+        return f"same: python {now.get('python')}, {len(now) - 2} packages, {provenance.LOCK} {now.get('lock')}"
+    more = f" (+{len(changed) - 4} more)" if len(changed) > 4 else ""
+    return f"differs: {'; '.join(changed[:4])}{more}"
+
+
+def machine_line(run_tags: dict, precision: str) -> str:
+    """The CPU, flags, cores and precision the run recorded against this machine's."""
+    tags = {k.split(".")[-1]: v for k, v in run_tags.items() if k.startswith("fer_exp.machine.")}
+    now = machine.describe(precision)
+    now["onednn"] = tags.get("onednn", now["onednn"])  # the rerun sets oneDNN as the run had it
+    changed = [
+        f"{k} {tags[k]!r} -> {now[k]!r}"
+        for k in ("cpu", "cpu_flags", "cores", "precision")
+        if k in tags and tags[k] != now[k]
+    ]
+    if not tags:
+        return f"unknown: the run recorded no machine ({now['cpu']} here)"
+    what = f"{now['cpu']}, {now['precision']}, oneDNN {now['onednn']} (as the run)"
+    return f"differs: {'; '.join(changed)}" if changed else f"same: {what}"
+
+
+def seed_line(config: dict) -> str:
+    seed, deterministic = config.get("seed"), config.get("deterministic", False)
+    return f"same: {seed}" + (
+        ", deterministic ops" if deterministic else "; deterministic=false, so expect within noise at best"
+    )
+
+
+# --- between a run and its rerun ----------------------------------------------------
+
+
+def result_metrics(record: dict) -> list[str]:
+    return sorted(k for k in record["metrics"] if not any(t in k for t in TIMING))
+
+
+def first_divergence(old: dict[str, list[float]], new: dict[str, list[float]], epochs: int) -> str | None:
+    """Where two runs' metrics first differ: "epoch 3 val_loss 0.81 vs 0.82"; None when all are equal."""
+    keys = sorted(set(old) | set(new), key=lambda k: (len(old.get(k, [])) != epochs, k))  # per-epoch ones first
+    for step in range(max([len(v) for v in [*old.values(), *new.values()]] or [0])):
+        for k in keys:
+            a, b = old.get(k, []), new.get(k, [])
+            if step >= len(a) and step >= len(b):
+                continue
+            va, vb = (a[step] if step < len(a) else None), (b[step] if step < len(b) else None)
+            if va != vb:
+                where = f"epoch {step + 1} {k}" if len(a) == epochs or len(b) == epochs else f"{k}"
+                return f"{where}: {va if va is None else f'{va:.6g}'} vs {vb if vb is None else f'{vb:.6g}'}"
+    return None

@@ -1,0 +1,60 @@
+"""Everything that talks to MLflow; nothing else in fer_exp imports it.
+
+    store     where runs go (a SQLite store or a tracking server), access to it, UI links
+    runs      a job's run from start to end, what it logs, writes to other runs by id
+    outage    a job's records while a tracking server is away, and their replay (fer_exp.sync)
+    queries   runs as plain records (run_id, name, status, params, metrics, tags, ...), sweeps, models
+    registry  registered models and the alias `champion`
+    names     the tags and artifacts fer_exp records
+
+Callers use the names re-exported here: `from fer_exp import tracking; tracking.start_run(...)`.
+"""
+
+from fer_exp.tracking.names import *  # the tag names: the package's vocabulary
+from fer_exp.tracking.outage import replay
+from fer_exp.tracking.queries import (
+    artifact_text,
+    dataset_digests,
+    download_artifacts,
+    experiment_name,
+    experiment_runs,
+    find_previous,
+    get_record,
+    histories,
+    job_records,
+    latest_sweep,
+    load_logged_model,
+    load_text,
+    record,
+    resolve_run,
+    sweep_jobs,
+)
+from fer_exp.tracking.registry import champion, register_champion
+from fer_exp.tracking.runs import (
+    create_run,
+    create_sweep_run,
+    end_run,
+    log_dataset,
+    log_dict,
+    log_files,
+    log_keras_model,
+    log_metrics,
+    log_text,
+    note_reused,
+    set_tags,
+    start_run,
+)
+from fer_exp.tracking.store import (
+    AccessError,
+    TrackingError,
+    configure,
+    connect,
+    describe_error,
+    is_server,
+    quick_failures,
+    resolve_uri,
+    share_view,
+    store_uris,
+    use_experiment_of,
+    view_link,
+)
