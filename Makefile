@@ -34,7 +34,7 @@ SERVE_PORT ?= 5001
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint test test-fast demo sweep ui compare server serve bench clean
+.PHONY: help install lock lint test test-fast demo sweep ui compare story server serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
@@ -79,6 +79,9 @@ ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=,
 
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
 	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
+
+story: install ## the experiment's tuning story as one page: outputs/story/story.html (ARGS="experiment=... metric=...")
+	$(BIN)/python -m fer_exp.story tracking_dir=$(STORE) $(ARGS)
 
 server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=, AUTH=1)
 ifeq ($(AUTH),)

@@ -67,6 +67,68 @@ STATUS_COLOURS = {
 }
 
 
+def story_timeline(
+    scores: list[float | None],
+    statuses: list[str],
+    spans: list[tuple[int, int, str]],
+    bands: list[tuple[int, int, float, float]],
+    metric: str,
+    title: str = "",
+) -> plt.Figure:
+    """Every job's metric in launch order with the best so far as a step line.
+
+    statuses: FINISHED, PRUNED, FAILED, KILLED, RUNNING per job; jobs without a score sit on the
+    bottom edge as crosses. spans: (first, last, label) of each sweep, shaded in turn.
+    bands: (first, last, mean, std) of configs repeated with several seeds, drawn as mean +- std.
+    """
+    n = len(scores)
+    fig, ax = plt.subplots(figsize=(min(18, 6 + 0.04 * n), 4.5))
+    known = [s for s in scores if s is not None]
+    low = min(known) if known else 0.0
+    high = max(known) if known else 1.0
+    pad = max((high - low) * 0.1, 0.01)
+    floor = low - pad
+    for i, (first, last, label) in enumerate(spans):
+        ax.axvspan(first - 0.5, last + 0.5, color="0.93" if i % 2 else "0.97", zorder=0)
+        if len(spans) <= 30:
+            ax.text(
+                (first + last) / 2,
+                high + pad * 0.6,
+                label,
+                ha="center",
+                va="bottom",
+                fontsize=7,
+                rotation=0 if len(spans) < 8 else 60,
+            )
+    for first, last, mean, std in bands:
+        ax.fill_between([first - 0.4, last + 0.4], mean - std, mean + std, color="tab:green", alpha=0.2, zorder=1)
+        ax.hlines(mean, first - 0.4, last + 0.4, color="tab:green", linewidth=1, zorder=1)
+    for status in ("FINISHED", "PRUNED", "FAILED", "KILLED", "RUNNING"):
+        idx = [i for i, st in enumerate(statuses) if st == status]
+        ys = [scores[i] if scores[i] is not None else floor for i in idx]
+        colour = STATUS_COLOURS[status]
+        if not idx:
+            continue
+        if status in ("FINISHED", "PRUNED"):  # pruned: hollow
+            face = "none" if status == "PRUNED" else colour
+            ax.scatter(idx, ys, marker="o", facecolors=face, edgecolors=colour, label=status.lower(), zorder=3, s=22)
+        else:
+            ax.scatter(idx, ys, marker="x", color=colour, label=status.lower(), zorder=3, s=22)
+    best, line = None, []
+    for s in scores:
+        if s is not None and (best is None or (s < best if "loss" in metric else s > best)):
+            best = s
+        line.append(best if best is not None else np.nan)
+    ax.step(range(n), line, where="post", color="black", linewidth=1.2, label="best so far", zorder=2)
+    ax.set(xlabel="jobs in launch order", ylabel=metric, xlim=(-0.7, n - 0.3), ylim=(floor - pad * 0.5, high + pad * 2))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
 def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figure:
     """Jobs as bars, best first, coloured by status; then the metric by each differing setting.
 

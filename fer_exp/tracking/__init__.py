@@ -39,6 +39,7 @@ from fer_exp.tracking.runs import (
     log_files,
     log_keras_model,
     log_metrics,
+    log_story,
     log_text,
     note_reused,
     set_tags,

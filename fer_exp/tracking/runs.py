@@ -192,3 +192,20 @@ def log_keras_model(model: keras.Model, example, metadata: dict | None = None) -
     """The model as an MLflow Keras flavour (loadable with mlflow.pyfunc.load_model), with `metadata`
     (e.g. its class names) in its MLmodel file."""
     outage.deliver("log_keras_model", model=model, example=example, metadata=metadata)
+
+
+def log_story(experiment: str, role: str, files: list[Path]) -> str:
+    """Log `files` to the experiment's run tagged fer_exp.role=<role>, created the first time; returns its id."""
+    client = MlflowClient()
+    experiment_id = client.get_experiment_by_name(experiment).experiment_id
+    found = client.search_runs([experiment_id], f"tags.`{TAG_ROLE}` = '{role}'", max_results=1)
+    run_id = (
+        found[0].info.run_id
+        if found
+        else client.create_run(experiment_id, run_name=role, tags={TAG_ROLE: role}).info.run_id
+    )
+    for f in files:
+        client.log_artifact(run_id, str(f))
+    if not found:
+        client.set_terminated(run_id, "FINISHED")
+    return run_id
