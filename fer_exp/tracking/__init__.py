@@ -46,6 +46,8 @@ from fer_exp.tracking.runs import (
     start_run,
 )
 from fer_exp.tracking.store import (
+    PASSWORD,
+    USER,
     AccessError,
     TrackingError,
     configure,
