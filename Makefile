@@ -61,11 +61,12 @@ lint: $(EXTRAS) ## ruff: lint and format check (`ruff format .` fixes the format
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers (xdist), a test file each at a time: the slow tests mostly wait on process start-up
 test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(EXTRAS) ## the tests that start no process (pytest -m "not slow"): the development loop
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n 2 -m "not slow"
 
 demo: install ## the user's 4-job sweep (deep, shallow x 2 learning rates) on built-in synthetic faces, ~2 min
 	$(BIN)/python -m fer_exp.run -m model=deep,shallow lr=1e-4,1e-3 experiment=demo
