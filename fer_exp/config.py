@@ -24,6 +24,11 @@ def run_name(overrides: list[str] | tuple) -> str:
     return ",".join(o for o in overrides if is_choice(o)) or "defaults"
 
 
+def choices(params: dict, drop: tuple[str, ...] = ()) -> dict:
+    """The flat params (`model.name`, `lr`, ...) that decide a result (see NOT_CHOICES), minus the keys in `drop`."""
+    return {k: v for k, v in params.items() if k.split(".", 1)[0] not in NOT_CHOICES and k not in drop}
+
+
 def config_hash(cfg: dict) -> str:
     """A digest of what determines the result: the resolved config minus NOT_CHOICES."""
     text = OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in cfg.items() if k not in NOT_CHOICES}))

@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from fer_exp import machine, provenance
-from fer_exp.config import NOT_CHOICES, flatten
+from fer_exp.config import choices, flatten
 from fer_exp.data import DataError, data_digests
 
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
@@ -54,17 +54,13 @@ def today_config(overrides: list[str]) -> dict | None:
     return cfg
 
 
-def choices(config: dict) -> dict:
-    return {k: v for k, v in flatten(config).items() if k.split(".", 1)[0] not in NOT_CHOICES}
-
-
 def config_line(config: dict, today: dict | None, checkout: bool) -> str:
     """The run's logged config against what today's conf/ composes from its overrides (today_config)."""
     if checkout:
         return "same: the run's overrides on the run's conf/ (its config hash is checked after)"
     if today is None:
         return "same: the run's logged config is re-run (today's conf/ cannot compose its overrides)"
-    run, now = choices(config), choices(today)
+    run, now = choices(flatten(config)), choices(flatten(today))
     changed = [
         f"{k} {run.get(k, '(none)')!r} -> {now.get(k, '(none)')!r}"
         for k in sorted(set(run) | set(now))

@@ -29,7 +29,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from fer_exp import differences, machine, provenance, tracking
-from fer_exp.config import NOT_CHOICES
+from fer_exp.config import choices
 from fer_exp.data import DataError
 
 log = logging.getLogger("fer_exp.reproduce")
@@ -87,9 +87,7 @@ def load_job(record: dict) -> Job:
     if text is None:
         raise Refusal(f"run {record['run_id']} has no config.yaml artifact: it was not recorded by fer_exp.run")
     overrides = job_overrides(record["tags"].get(tracking.TAG_OVERRIDES))
-    return Job(
-        record, OmegaConf.to_container(OmegaConf.create(text)), overrides, tracking.dataset_digests(record["run_id"])
-    )
+    return Job(record, OmegaConf.to_container(OmegaConf.create(text)), overrides, record["datasets"])
 
 
 def make_worktree(job: Job, patch: str | None, stack: contextlib.ExitStack) -> Path:
@@ -176,14 +174,11 @@ def tolerance(job: Job, points: float | None) -> tuple[float, str]:
     """(tolerance, why): --tolerance, else the seed spread of this config where repeated seeds exist, else 0.5 points."""
     if points is not None:
         return points / 100, f"{points:g} points (--tolerance)"
-
-    def same_config(r: dict) -> bool:
-        return {k: v for k, v in r["params"].items() if k != "seed" and k.split(".", 1)[0] not in NOT_CHOICES} == mine
-
-    mine = {k: v for k, v in job.record["params"].items() if k != "seed" and k.split(".", 1)[0] not in NOT_CHOICES}
+    mine = choices(job.record["params"], drop=("seed",))
     seeds = {}
     for r in tracking.job_records(job.record["experiment_id"]):
-        if same_config(r) and METRIC in r["metrics"] and tracking.TAG_REPRODUCES not in r["tags"]:
+        same = choices(r["params"], drop=("seed",)) == mine
+        if same and METRIC in r["metrics"] and tracking.TAG_REPRODUCES not in r["tags"]:
             seeds.setdefault(r["params"].get("seed"), r["metrics"][METRIC])
     if len(seeds) >= 2:
         std = float(np.std(list(seeds.values()), ddof=1))

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_exp import cli, compare, tracking
-from fer_exp.config import NOT_CHOICES
+from fer_exp.config import choices
 
 DEFAULTS = {
     "experiment": "fer_exp",
@@ -67,17 +67,12 @@ def score(job: dict, metric: str) -> float | None:
     return job["metrics"].get(metric)
 
 
-def choices(job: dict, drop: tuple[str, ...] = ()) -> dict[str, str]:
-    """A job's params that decide its result (see config.NOT_CHOICES), minus `drop`."""
-    return {k: v for k, v in job["params"].items() if k.split(".", 1)[0] not in NOT_CHOICES and k not in drop}
-
-
 def seed_groups(jobs: list[dict], metric: str) -> list[dict]:
     """Configs that ran with two or more seeds: their mean and standard deviation of `metric`."""
     groups: dict[tuple, list[dict]] = {}
     for j in jobs:
         if score(j, metric) is not None:
-            groups.setdefault(tuple(sorted(choices(j, ("seed",)).items())), []).append(j)
+            groups.setdefault(tuple(sorted(choices(j["params"], ("seed",)).items())), []).append(j)
     out = []
     for members in groups.values():
         values = {m["params"].get("seed"): score(m, metric) for m in members}
@@ -116,7 +111,9 @@ def importance(jobs: list[dict], metric: str) -> tuple[dict[str, float] | None, 
         return None, "No run has the metric yet: nothing to weigh.", None
     data = Counter(j["params"].get("data.name") for j in scored).most_common(1)[0][0]
     runs = [j for j in scored if j["params"].get("data.name") == data]
-    values = {k: {choices(j).get(k) for j in runs} for k in set().union(*(choices(j) for j in runs))}
+    values = {
+        k: {choices(j["params"]).get(k) for j in runs} for k in set().union(*(choices(j["params"]) for j in runs))
+    }
     varying = sorted(k for k, v in values.items() if len(v) > 1)
     if len(runs) < MIN_IMPORTANCE_RUNS or not varying:
         why = f"{len(runs)} comparable run(s)" + ("" if varying else ", no setting varies among them")
@@ -138,9 +135,9 @@ def importance(jobs: list[dict], metric: str) -> tuple[dict[str, float] | None, 
     study = optuna.create_study(direction="minimize" if "loss" in metric else "maximize")
     for j in runs:
         params = {
-            k: _number(choices(j).get(k))
+            k: _number(choices(j["params"]).get(k))
             if isinstance(d, optuna.distributions.FloatDistribution)
-            else str(choices(j).get(k))
+            else str(choices(j["params"]).get(k))
             for k, d in distributions.items()
         }
         study.add_trial(optuna.trial.create_trial(params=params, distributions=distributions, value=score(j, metric)))

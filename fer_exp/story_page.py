@@ -60,7 +60,7 @@ def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
                 f"{flops:.4f}" if flops else "-",
                 j["tags"].get("mlflow.source.git.commit", "-")[:8],
                 j["tags"].get(tracking.TAG_GIT_DIRTY, "-"),
-                train[:12] or "-",
+                (train if train.startswith("synthetic") else train[:12]) or "-",
             ]
         )
     return head, body
@@ -75,8 +75,9 @@ def blocks(story: Story, figures: dict[str, Path]) -> list[tuple]:
     )
     if best:
         b = best.best
+        name = next(j["name"] for j in best.jobs if j["run_id"] == b["run_id"])
         out += [
-            ("p", f"Best so far: {pct(b['value'])} {m} (TTA {pct(b['tta'])}), run {b['run_id']}, {b['label']}."),
+            ("p", f"Best so far: {pct(b['value'])} {m} (TTA {pct(b['tta'])}), run {b['run_id']}: {name}."),
             ("code", f"runs:/{b['run_id']}/model"),
             ("p", "Re-run and check it:"),
             ("code", f"python -m fer_exp.reproduce {b['run_id']}"),
@@ -219,7 +220,7 @@ def draw(story: Story, out: Path) -> dict[str, Path]:
                 spans,
                 bands,
                 story.metric,
-                "sweeps shaded and numbered as below; green: mean ± std over seeds",
+                "sweeps shaded, numbered as below; green: seed mean ± std",
             ),
             figures["timeline"],
         )

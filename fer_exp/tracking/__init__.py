@@ -14,7 +14,6 @@ from fer_exp.tracking.names import *  # the tag names: the package's vocabulary
 from fer_exp.tracking.outage import replay
 from fer_exp.tracking.queries import (
     artifact_text,
-    dataset_digests,
     download_artifacts,
     experiment_name,
     experiment_runs,

@@ -75,12 +75,6 @@ def experiment_runs(experiment: str) -> list[dict]:
             return [record(r) for r in runs]
 
 
-def dataset_digests(run_id: str) -> dict[str, str]:
-    """{dataset name (e.g. fer2013-train): digest} of the data a run recorded as its inputs."""
-    run = MlflowClient().get_run(run_id)
-    return {d.dataset.name: d.dataset.digest for d in (run.inputs.dataset_inputs if run.inputs else [])}
-
-
 def histories(run_id: str, keys: list[str]) -> dict[str, list[float]]:
     """{metric: its values in step order} for each of `keys` the run logged."""
     client = MlflowClient()
