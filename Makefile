@@ -17,6 +17,8 @@ STORE  ?= $(CURDIR)/mlruns
 SERVER_DB ?= sqlite:///$(CURDIR)/mlruns/server.db
 SERVER_ARTIFACTS ?= $(CURDIR)/mlruns/server-artifacts
 SERVER_PORT ?= 5050
+# uvicorn worker processes of `make server` and `make ui` (MLflow's default, 4; each imports MLflow)
+WORKERS ?= 4
 # `make server AUTH=1`: MLflow's basic-auth app. Users and permissions live in SERVER_AUTH_DB; the
 # admin's password comes from MLFLOW_AUTH_ADMIN_PASSWORD or the file ADMIN_PASSWORD_FILE (never the
 # command line or the repo); jobs log in with MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
@@ -76,7 +78,7 @@ sweep: install ## the same sweep on FER2013 (data.root, default ../shared/fer201
 
 ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=, STORE= to change)
 	@echo "fer_exp: open the link a sweep's summary printed (\`make compare\` prints the latest sweep's) to see its jobs compared"
-	$(NO_JOBS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT)
+	$(NO_JOBS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
 compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
 	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
@@ -87,7 +89,7 @@ story: install ## the experiment's tuning story as one page: outputs/story/story
 server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=, AUTH=1)
 ifeq ($(AUTH),)
 	$(NO_JOBS) $(BIN)/mlflow server --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
-		--host $(HOST) --port $(SERVER_PORT)
+		--host $(HOST) --port $(SERVER_PORT) --workers $(WORKERS)
 else
 	@mkdir -p $(dir $(SERVER_AUTH_INI))
 	@printf '[mlflow]\ndefault_permission = READ\ndatabase_uri = %s\nadmin_username = admin\n' '$(SERVER_AUTH_DB)' > $(SERVER_AUTH_INI)
@@ -96,7 +98,7 @@ else
 	secret="$${MLFLOW_FLASK_SERVER_SECRET_KEY:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(32))')}"; \
 	MLFLOW_AUTH_CONFIG_PATH=$(SERVER_AUTH_INI) MLFLOW_AUTH_ADMIN_PASSWORD="$$password" MLFLOW_FLASK_SERVER_SECRET_KEY="$$secret" \
 	$(NO_JOBS) exec $(BIN)/mlflow server --app-name basic-auth --backend-store-uri $(SERVER_DB) --serve-artifacts --artifacts-destination $(SERVER_ARTIFACTS) \
-		--host $(HOST) --port $(SERVER_PORT)
+		--host $(HOST) --port $(SERVER_PORT) --workers $(WORKERS)
 endif
 
 serve: install ## REST predictions from MODEL (default models:/fer@champion) on http://127.0.0.1:5001/invocations

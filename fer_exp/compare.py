@@ -167,11 +167,8 @@ def find_sweep(experiment: str, sweep_id: str | None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(argv, DEFAULTS, __doc__)
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        print(
-            f"error: no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking_dir=",
-            file=sys.stderr,
-        )
+    if problem := tracking.missing_store(uri):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     try:
         tracking.connect(uri)

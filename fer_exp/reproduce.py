@@ -275,15 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # small text files, one at a time
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries against a server that is away; we say it once
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if (
-        not args.tracking_uri
-        and not os.environ.get("MLFLOW_TRACKING_URI")
-        and not (Path(args.tracking_dir) / "mlflow.db").is_file()
-    ):
-        print(
-            f"fer_exp.reproduce: no MLflow store at {Path(args.tracking_dir).resolve()}: pass --tracking-dir or --tracking-uri",
-            file=sys.stderr,
-        )
+    if problem := tracking.missing_store(uri):
+        print(f"fer_exp.reproduce: {problem.replace('tracking_dir=', '--tracking-dir')}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
         try:

@@ -189,11 +189,8 @@ def build(records: list[dict], experiment: str, metric: str) -> Story:
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(argv, DEFAULTS, __doc__)
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        print(
-            f"error: no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking_dir=",
-            file=sys.stderr,
-        )
+    if problem := tracking.missing_store(uri):
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     from fer_exp import story_page
 

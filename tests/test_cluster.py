@@ -42,7 +42,7 @@ def cluster(tmp_path_factory):
     port, gcs = free_port(), free_port()
     url, address = f"http://127.0.0.1:{port}", f"127.0.0.1:{gcs}"
     db = os.environ.get("FER_EXP_TEST_POSTGRES") or f"sqlite:///{tmp / 'server.db'}"
-    command = make_command("server", SERVER_DB=db, SERVER_ARTIFACTS=tmp / "served", SERVER_PORT=port)
+    command = make_command("server", SERVER_DB=db, SERVER_ARTIFACTS=tmp / "served", SERVER_PORT=port, WORKERS=2)
     assert "--host 127.0.0.1" in command and "--serve-artifacts" in command
     server, nodes = start(command, tmp / "server.log", shell=True), []
     try:

@@ -151,7 +151,7 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
     tmp, client, parent, children = sweep_store
     port = free_port()
     # the command `make ui` runs (dry run: print it), pointed at the test's store
-    command = make_command("ui", STORE=tmp / "mlruns", PORT=port)
+    command = make_command("ui", STORE=tmp / "mlruns", PORT=port, WORKERS=1)
     assert "--host 127.0.0.1" in command
     exp_id = client.get_run(parent).info.experiment_id
     assert f"{tracking.VIEW_TAG}{parent}" in client.get_experiment(exp_id).tags

@@ -115,7 +115,14 @@ class Server:
         self.tmp, self.port = tmp, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         db = os.environ.get("FER_EXP_TEST_POSTGRES") or f"sqlite:///{tmp / 'server.db'}"
-        self.vars = {"SERVER_DB": db, "SERVER_ARTIFACTS": tmp / "served", "SERVER_PORT": self.port, **make_vars}
+        # one uvicorn worker: a test has one client, and every worker imports MLflow
+        self.vars = {
+            "SERVER_DB": db,
+            "SERVER_ARTIFACTS": tmp / "served",
+            "SERVER_PORT": self.port,
+            "WORKERS": 1,
+            **make_vars,
+        }
         self.env, self.proc, self.starts = {}, None, 0
 
     def start(self, env=None):

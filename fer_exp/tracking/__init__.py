@@ -53,6 +53,7 @@ from fer_exp.tracking.store import (
     connect,
     describe_error,
     is_server,
+    missing_store,
     quick_failures,
     resolve_uri,
     share_view,

@@ -40,6 +40,13 @@ class AccessError(MlflowException):
 USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's own variables
 
 
+def missing_store(uri: str) -> str | None:
+    """What to do when a local store `uri` names does not exist yet; None when it exists (or is a server)."""
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
+        return f"no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking_dir="
+    return None
+
+
 def is_server(uri: str | None) -> bool:
     return bool(uri) and uri.startswith(("http://", "https://"))
 
