@@ -144,6 +144,12 @@ def test_a_dirty_sweep_is_replayed_by_checkout_job_by_job(tmp_path):
     lines = verdicts(p)
     assert len(lines) == 2 and all(": identical: " in line for line in lines), lines
     assert {line.split(":")[0] for line in lines} == {j.info.run_name for j in runs["job"]}
+    # the sweep registered its best job: a model URI names the same run
+    from fer_exp import tracking
+
+    tracking.connect(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    best = client.get_run(parent.info.run_id).data.tags["fer_exp.best_run"]
+    assert tracking.resolve_run("models:/fer-synthetic@champion") == best == tracking.resolve_run(f"runs:/{best}/model")
 
 
 @slow
@@ -233,3 +239,28 @@ def test_first_divergence_names_the_epoch_and_metric():
 def test_job_overrides_drop_where_results_go_and_resume():
     tag = "model=deep lr=0.001 tracking.dir=/tmp/x/mlruns resume=true +tracking.uri=http://h debug=tiny"
     assert job_overrides(tag) == ["model=deep", "lr=0.001", "debug=tiny"]
+
+
+def test_checkout_restores_a_commit_with_its_patch_and_refuses_what_it_cannot(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "fer_exp").mkdir(parents=True)
+    (repo / "fer_exp" / "a.py").write_text("x = 1\n")
+    commit(repo, "one file", init=True)
+    first = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    (repo / "fer_exp" / "a.py").write_text("x = 2\n")
+    patch = provenance.code_state(repo)["patch"]
+    commit(repo, "x = 2")
+    (repo / "fer_exp" / "a.py").write_text("x = 3\n")  # today's tree, dirty: a checkout leaves it alone
+    with provenance.checkout(first, patch, root=repo) as folder:
+        assert (folder / "fer_exp" / "a.py").read_text() == "x = 2\n"
+    assert not folder.exists() and (repo / "fer_exp" / "a.py").read_text() == "x = 3\n"
+    with pytest.raises(provenance.CheckoutError, match="commit 0{40} is not in the repository"):
+        with provenance.checkout("0" * 40, None, root=repo):
+            pass
+    with pytest.raises(provenance.CheckoutError, match="its patch does not apply on commit"):
+        with provenance.checkout(first, patch.replace("-x = 1", "-x = 9"), root=repo):
+            pass
+    assert (
+        subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout.count("\n")
+        == 1
+    )
