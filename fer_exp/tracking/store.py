@@ -34,7 +34,7 @@ def resolve_uri(uri: str | None, directory: str | Path = "mlruns") -> str:
 
 
 class AccessError(MlflowException):
-    """The tracking server refused fer_exp's credentials (or their absence)."""
+    """The tracking server cannot be used: it refused fer_exp's credentials (or their absence), or it does not answer."""
 
 
 USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's own variables
@@ -52,14 +52,21 @@ def is_server(uri: str | None) -> bool:
 
 
 def check_access(uri: str) -> None:
-    """For a tracking server: one read, so that missing or wrong credentials fail now, saying what
-    to set, and not after an hour of training. Raises AccessError."""
+    """For a tracking server: one read, so that missing or wrong credentials, or a server that does not
+    answer, fail now in one line, saying what to do, and not after an hour of training (or MLflow's
+    ~4 minutes of retries). Raises AccessError."""
     if not is_server(uri):
         return
     try:
-        MlflowClient(uri).search_experiments(max_results=1)
+        with retries(2, 1):
+            MlflowClient(uri).search_experiments(max_results=1)
     except MlflowException as e:
         if e.get_http_status_code() not in (401, 403):
+            if not answers(uri):
+                raise AccessError(
+                    f"the tracking server {uri} does not answer: start it (make server), or point tracking.uri "
+                    "(or MLFLOW_TRACKING_URI) at one that runs; nothing was trained"
+                ) from None
             raise
         user = os.environ.get(USER)
         why = (
