@@ -161,7 +161,7 @@ def bench_pipeline(results: dict, train: Split, batches: int) -> None:
         ds = make_dataset(train.images, train.labels, 7, 64, aug, training=True, seed=0)
         row(results, "pipeline", f"tf.data, augment={name}, batch 64", pipeline_rate(ds, batches), "images/s")
     rate = pipeline_rate(notebook_generator(train, 64), batches)
-    row(results, "pipeline", "notebook ImageDataGenerator (augment=seed)", rate, "images/s")
+    row(results, "pipeline", "notebook ImageDataGenerator (augment=notebook)", rate, "images/s")
 
 
 # --- training -----------------------------------------------------------------

@@ -35,6 +35,8 @@ def main(cfg: DictConfig) -> float | None:
         except ConfigError as e:
             log.error("%s", e)
             sys.exit(2)
+    if hc.runtime.choices.get("augment") == "seed":
+        log.warning("augment=seed is now called augment=notebook (the old name read like the top-level seed=)")
     machine.use_onednn(cfg.model.name)  # before TensorFlow loads
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled

@@ -58,7 +58,7 @@ def test_help_lists_groups_and_options():
     ).stdout
     for line in (
         "model: deep, efficientnet_b2, shallow",
-        "augment: none, seed",
+        "augment: none, notebook, seed, strong",
         "lr:",
         "batch_size:",
         "early_stopping:",
@@ -137,3 +137,7 @@ def test_every_tool_lists_its_keys_and_names_an_unknown_one(tool, capsys):
     with pytest.raises(SystemExit) as exit_:
         module.main(["bogus_key=1"])
     assert exit_.value.code == 2 and "error: unknown key(s): bogus_key" in capsys.readouterr().err
+
+
+def test_augment_seed_is_the_former_name_of_augment_notebook(compose):
+    assert compose(["augment=seed"]).augment == compose(["augment=notebook"]).augment == compose().augment
