@@ -130,20 +130,26 @@ def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path
     return [png, txt]
 
 
+def publish(
+    sweep: dict, jobs: list[dict], rows: list[dict], metric: str, out_dir: Path | None
+) -> tuple[list[Path], str]:
+    """Save a sweep's comparison (compare.png, compare.txt) into out_dir/<parent id> and log it to the
+    parent run (with an out_dir), and (re)write its MLflow UI view; returns (the files, the view's link)."""
+    files = []
+    if out_dir is not None:
+        files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
+        tracking.log_files(files, run_id=sweep["run_id"])
+    return files, tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric))
+
+
 def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
-    """(the table, the PNG path, the MLflow UI link) of a sweep's parent run record; the files are
-    also logged to it, and the UI's view of it is (re)written."""
+    """(the table, the PNG path, the MLflow UI link) of a sweep's parent run record (see publish)."""
     jobs = tracking.sweep_jobs(sweep["run_id"], PER_EPOCH.get(metric, metric))
     rows = job_rows(jobs, metric)
     if not rows:
         raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
-    files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
-    tracking.log_files(files, run_id=sweep["run_id"])
-    return (
-        table(rows, metric),
-        files[0],
-        tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric)),
-    )
+    files, link = publish(sweep, jobs, rows, metric, Path(out_dir))
+    return table(rows, metric), files[0], link
 
 
 def find_sweep(experiment: str, sweep_id: str | None) -> dict:

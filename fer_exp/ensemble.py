@@ -144,11 +144,8 @@ def build(members: list[dict], select: str) -> tuple:
 def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select: str, top_k: int, tta: int) -> dict:
     """Build, evaluate and log the ensemble of `members` (best first) as a child run of the sweep,
     else as a run of the members' experiment; returns its record."""
-    from fer_exp import plots
     from fer_exp.config import config_hash
-    from fer_exp.evaluate import evaluate
-    from fer_exp.models import CLASSES_KEY, write_classes
-    from fer_exp.pipeline import to_inputs
+    from fer_exp.report import report
 
     model, classes, picked, val, c = build(members, select)
     name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (
@@ -179,26 +176,8 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
             name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id
         ) as run_id,
     ):
-        ev = evaluate(model, val.images, val.labels, classes, tta)
-        out = Path(tmp)
-        model.save(out / "model.h5")
-        plots.save(
-            plots.confusion_matrix_figure(
-                ev.confusion, classes, title=f"{name}: validation accuracy {ev.accuracy:.1%}"
-            ),
-            out / "confusion_matrix.png",
-        )
-        (out / "classification_report.txt").write_text(ev.text)
-        tracking.log_files(
-            [
-                out / "model.h5",
-                write_classes(out / "model.h5", classes),
-                out / "confusion_matrix.png",
-                out / "classification_report.txt",
-            ]
-        )
-        tracking.log_dict(ev.report, "classification_report.json")
-        tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: classes})
+        model.save(Path(tmp) / "model.h5")
+        ev = report(model, Path(tmp) / "model.h5", val, classes, tta, name)
         best = members[0]["metrics"][metric]
         tracking.log_metrics(
             {

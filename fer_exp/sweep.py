@@ -81,21 +81,25 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     return lines
 
 
-def _ui_view(parent: str, jobs: list[dict], rows: list[dict]) -> list[str]:
-    """The sweep in the MLflow UI at first sight: its jobs listed (the parent row expanded), best first,
-    with validation accuracy and the settings that differ as columns; the parent row carries the best
-    job's scores. Returns the summary's line with the link."""
+def _publish(parent: str, jobs: list[dict], rows: list[dict], out_dir: str | Path | None) -> list[str]:
+    """The sweep at first sight: the parent row carries its best job's scores; its comparison and MLflow
+    UI view (compare.publish: the jobs listed best first, with the settings that differ as columns).
+    Returns the summary's lines."""
     finished = [r for r in rows if r["status"] == "FINISHED" and r["value"] is not None]
     if finished:
         best = finished[0]
         scores = {METRIC: best["value"], **({"val_accuracy_tta": best["tta"]} if best["tta"] is not None else {})}
         tracking.log_metrics(scores, run_id=parent)
-    try:
-        link = tracking.share_view(parent, compare.ui_view(parent, jobs, rows, METRIC))
-    except Exception as e:  # a view must not fail a finished sweep
-        log.warning("could not save the sweep's MLflow UI view: %s", e)
+    if not rows:
         return []
-    return [f"MLflow UI (make ui): {link}  (charts: add &compareRunsMode=CHART)"]
+    try:
+        files, link = compare.publish(tracking.get_record(parent), jobs, rows, METRIC, out_dir and Path(out_dir))
+    except Exception as e:  # a plot or a view must not fail a finished sweep
+        log.warning("could not save the sweep's comparison or its MLflow UI view: %s", e)
+        return []
+    return [f"MLflow UI (make ui): {link}  (charts: add &compareRunsMode=CHART)"] + (
+        [f"comparison: {files[0]}"] if files else []
+    )
 
 
 def _pruning(jobs: list[dict]) -> list[str]:
@@ -147,16 +151,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
         f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}"
         for j in failed
     ]
-    lines += _pruning(jobs) + _best(parent, jobs, reused) + _ui_view(parent, jobs, rows)
-    if out_dir and rows:
-        try:
-            files = compare.save(
-                rows, METRIC, Path(out_dir) / parent, title=f"{tracking.get_record(parent)['name']} ({len(rows)} jobs)"
-            )
-            tracking.log_files(files, run_id=parent)
-            lines.append(f"comparison: {files[0]}")
-        except Exception as e:  # a plot must not fail a finished sweep
-            log.warning("could not draw the sweep comparison: %s", e)
+    lines += _pruning(jobs) + _best(parent, jobs, reused) + _publish(parent, jobs, rows, out_dir)
     if out_dir:
         lines += _study_plots(parent, Path(out_dir) / parent)
     os.environ.pop(search.STUDY_ENV, None)

@@ -14,14 +14,14 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from fer_exp import machine, plots, search, tracking
+from fer_exp import machine, search, tracking
 from fer_exp.augment import build_augmenter
 from fer_exp.callbacks import EpochCheckpoint, EpochLogger, EpochSpeed, StopOnNonFinite, StopOnSignal, TimeBudget
 from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
-from fer_exp.evaluate import evaluate
-from fer_exp.models import CLASSES_KEY, build_model, training_flops, write_classes
-from fer_exp.pipeline import make_dataset, to_inputs
+from fer_exp.models import build_model, training_flops
+from fer_exp.pipeline import make_dataset
+from fer_exp.report import report as log_report
 
 log = logging.getLogger(__name__)
 
@@ -142,25 +142,10 @@ def make_callbacks(
 def report(
     c: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
 ) -> dict:
-    """Evaluate the kept model on validation; log it, its class list, curves, confusion matrix and report."""
-    out = model_file.parent
+    """Evaluate the kept model on validation and log it with its curves, confusion matrix and report."""
     # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
     kept = model if c["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
-    ev = evaluate(kept, val.images, val.labels, classes, c["tta_views"])
-    plots.save(plots.training_curves(history, title=run_name), out / "curves.png")
-    plots.save(
-        plots.confusion_matrix_figure(
-            ev.confusion, classes, title=f"{run_name}: validation accuracy {ev.accuracy:.1%}"
-        ),
-        out / "confusion_matrix.png",
-    )
-    (out / "classification_report.txt").write_text(ev.text)
-    names = write_classes(model_file, classes)
-    tracking.log_files(
-        [model_file, names, out / "curves.png", out / "confusion_matrix.png", out / "classification_report.txt"]
-    )
-    tracking.log_dict(ev.report, "classification_report.json")
-    tracking.log_keras_model(kept, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
+    ev = log_report(kept, model_file, val, classes, c["tta_views"], run_name, history)
     log.info(
         "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s",
         ev.accuracy,
