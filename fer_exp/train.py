@@ -48,30 +48,32 @@ def make_optimizer(name: str, lr, weight_decay: float = 0.0, ema: bool = False) 
     return OPTIMIZERS[name](**kwargs)
 
 
-def make_lr(c: dict, steps_per_epoch: int):
+def make_lr(settings: dict, steps_per_epoch: int):
     """The learning rate: a constant, or cosine decay to 0 after a linear warm-up."""
-    if c["lr_schedule"] == "constant":
-        return c["lr"]
-    if c["lr_schedule"] != "cosine":
-        raise ValueError(f"lr_schedule={c['lr_schedule']!r} is unknown; choose constant or cosine")
-    warmup = int(c["warmup_epochs"] * steps_per_epoch)
-    decay = max(1, c["epochs"] * steps_per_epoch - warmup)
+    if settings["lr_schedule"] == "constant":
+        return settings["lr"]
+    if settings["lr_schedule"] != "cosine":
+        raise ValueError(f"lr_schedule={settings['lr_schedule']!r} is unknown; choose constant or cosine")
+    warmup = int(settings["warmup_epochs"] * steps_per_epoch)
+    decay = max(1, settings["epochs"] * steps_per_epoch - warmup)
     if not warmup:
-        return keras.optimizers.schedules.CosineDecay(c["lr"], decay)
-    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=c["lr"], warmup_steps=warmup)
+        return keras.optimizers.schedules.CosineDecay(settings["lr"], decay)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=settings["lr"], warmup_steps=warmup)
 
 
-def compile_model(c: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
-    """The model, optimizer, loss and metrics that the resolved config `c` describes."""
-    size = int(c["data"]["image_size"])
-    keras.mixed_precision.set_global_policy(machine.precision(c["precision"]))
+def compile_model(settings: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
+    """The model, optimizer, loss and metrics that the resolved config `settings` describes."""
+    size = int(settings["data"]["image_size"])
+    keras.mixed_precision.set_global_policy(machine.precision(settings["precision"]))
     try:
-        model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **c["model"])
+        model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **settings["model"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.compile(
-        optimizer=make_optimizer(c["optimizer"], make_lr(c, steps_per_epoch), c["weight_decay"], c["ema"]),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=c["label_smoothing"]),
+        optimizer=make_optimizer(
+            settings["optimizer"], make_lr(settings, steps_per_epoch), settings["weight_decay"], settings["ema"]
+        ),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
         metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
     return model
@@ -124,11 +126,11 @@ class Watch:
 
 
 def make_callbacks(
-    c: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, speed: EpochSpeed, trial=None
+    settings: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, speed: EpochSpeed, trial=None
 ) -> tuple[list, Watch]:
     """(the callbacks of fit, the Watch on those whose outcome is read after fit)."""
-    es = c["early_stopping"]
-    watch = Watch(TimeBudget(c["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
+    es = settings["early_stopping"]
+    watch = Watch(TimeBudget(settings["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
     callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), speed, watch.budget, watch.checkpoint]
     callbacks += [trial] if trial else []
     if es["patience"] > 0:
@@ -140,28 +142,28 @@ def make_callbacks(
 
 
 def report(
-    c: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
+    settings: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
 ) -> dict:
     """Evaluate the kept model on validation and log it with its curves, confusion matrix and report."""
     # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
-    kept = model if c["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
-    ev = log_report(kept, model_file, val, classes, c["tta_views"], run_name, history)
+    kept = model if settings["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
+    ev = log_report(kept, model_file, val, classes, settings["tta_views"], run_name, history)
     log.info(
         "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s",
         ev.accuracy,
         ev.tta_accuracy,
-        c["tta_views"],
-        c["keep_weights"],
+        settings["tta_views"],
+        settings["keep_weights"],
         ev.text,
     )
     return {"val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": kept.count_params()}
 
 
-def reuse(c: dict, finished: dict, run_name: str) -> dict:
+def reuse(settings: dict, finished: dict, run_name: str) -> dict:
     """resume=true and this config already FINISHED: note it on the sweep (and the search's study), train nothing."""
     log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished["run_id"])
     tracking.note_reused(finished["run_id"])
-    search.tell_reused(c, finished["metrics"].get("best_val_accuracy"))
+    search.tell_reused(settings, finished["metrics"].get("best_val_accuracy"))
     return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
 
 
@@ -173,35 +175,37 @@ def train(
     With resume=true, a config that already FINISHED is not trained again, and an
     interrupted one continues from its last completed epoch.
     """
-    c = OmegaConf.to_container(cfg, resolve=True)
-    c["data"] = with_fallback(c["data"])
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    settings["data"] = with_fallback(settings["data"])
     out = Path(output_dir or tempfile.mkdtemp(prefix="fer_exp-"))
     out.mkdir(parents=True, exist_ok=True)
-    t = c["tracking"]
-    exp_id, chash = tracking.configure(t["uri"], t["dir"], t["experiment"]), config_hash(c)
-    finished, interrupted = tracking.find_previous(exp_id, chash) if c["resume"] else (None, None)
+    t = settings["tracking"]
+    exp_id, chash = tracking.configure(t["uri"], t["dir"], t["experiment"]), config_hash(settings)
+    finished, interrupted = tracking.find_previous(exp_id, chash) if settings["resume"] else (None, None)
     if finished:
-        return reuse(c, finished, run_name)
-    keras.utils.set_random_seed(c["seed"])
-    if c["deterministic"]:
+        return reuse(settings, finished, run_name)
+    keras.utils.set_random_seed(settings["seed"])
+    if settings["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     tags = {
         tracking.TAG_OVERRIDES: " ".join(overrides),
         **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {}),
     }
-    where = machine.describe(c["precision"])  # the CPU, and the precision and kernels chosen for it
+    where = machine.describe(settings["precision"])  # the CPU, and the precision and kernels chosen for it
     tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()})
     spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
     with (
-        tracking.start_run(run_name, chash, flatten(c), OmegaConf.to_yaml(c), tags, spool=spool) as run_id,
-        search.trial_for(c) as trial,
+        tracking.start_run(
+            run_name, chash, flatten(settings), OmegaConf.to_yaml(settings), tags, spool=spool
+        ) as run_id,
+        search.trial_for(settings) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
-        splits, source = load_data(c["data"], seed=c["seed"])
-        classes, train_split, val_split = list(c["data"]["classes"]), splits["train"], splits["validation"]
-        log_data(splits, source, c["data"]["name"], classes)
+        splits, source = load_data(settings["data"], seed=settings["seed"])
+        classes, train_split, val_split = list(settings["data"]["classes"]), splits["train"], splits["validation"]
+        log_data(splits, source, settings["data"]["name"], classes)
         model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
-        es = c["early_stopping"]
+        es = settings["early_stopping"]
         best = keras.callbacks.ModelCheckpoint(
             str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True
         )
@@ -210,30 +214,30 @@ def train(
             log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
         else:
             model, state = (
-                compile_model(c, len(classes), -(-len(train_split) // max(1, c["batch_size"]))),
+                compile_model(settings, len(classes), -(-len(train_split) // max(1, settings["batch_size"]))),
                 {"epoch": -1, "history": {}},
             )
         flops = training_flops(model)[1]  # per image, forward + backward
         tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
-        augmenter = build_augmenter(**c["augment"], seed=c["seed"])
+        augmenter = build_augmenter(**settings["augment"], seed=settings["seed"])
         train_ds = make_dataset(
             train_split.images,
             train_split.labels,
             len(classes),
-            c["batch_size"],
+            settings["batch_size"],
             augmenter,
             training=True,
-            seed=c["seed"],
+            seed=settings["seed"],
         )
-        val_ds = make_dataset(val_split.images, val_split.labels, len(classes), c["batch_size"])
-        weights = class_weights(train_split.labels, len(classes)) if c["class_weight"] == "balanced" else None
+        val_ds = make_dataset(val_split.images, val_split.labels, len(classes), settings["batch_size"])
+        weights = class_weights(train_split.labels, len(classes)) if settings["class_weight"] == "balanced" else None
         speed = EpochSpeed(len(train_split), flops)
-        callbacks, watch = make_callbacks(c, out, best, state["history"], speed, trial)
+        callbacks, watch = make_callbacks(settings, out, best, state["history"], speed, trial)
         log.info(
             "training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s",
-            c["model"]["name"],
+            settings["model"]["name"],
             f"{model.count_params():,}",
-            c["epochs"],
+            settings["epochs"],
             len(train_split),
             where["cpu"],
             where["precision"],
@@ -245,18 +249,18 @@ def train(
         model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=c["epochs"],
+            epochs=settings["epochs"],
             initial_epoch=state["epoch"] + 1,
             shuffle=False,
             class_weight=weights,
             callbacks=callbacks,
-            verbose=fit_verbosity(c["verbose"]),
+            verbose=fit_verbosity(settings["verbose"]),
         )
         seconds, reason, history = time.time() - start, watch.stop_reason(), watch.checkpoint.history
         epochs_run = len(history.get("loss", []))
-        kept = keep_weights(c, model, model_file, history, es)
+        kept = keep_weights(settings, model, model_file, history, es)
         tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
-        result = report(c, model, model_file, val_split, classes, history, run_name)
+        result = report(settings, model, model_file, val_split, classes, history, run_name)
         tracking.log_metrics(
             {
                 "best_val_accuracy": result["val_accuracy"],
@@ -273,15 +277,15 @@ def train(
     return {"run_id": run_id, **result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}
 
 
-def keep_weights(c: dict, model: keras.Model, model_file: Path, history: dict, es: dict) -> str:
+def keep_weights(settings: dict, model: keras.Model, model_file: Path, history: dict, es: dict) -> str:
     """Make model_file hold the weights keep_weights asks for; returns which they are ("best epoch 7").
 
     best: the epoch best on the monitor, which ModelCheckpoint saved; last: the final weights
     (EMA-averaged with ema=true), saved now. best_val_accuracy then scores these weights.
     """
     values = history.get(es["monitor"], [])
-    if c["keep_weights"] == "last":
+    if settings["keep_weights"] == "last":
         model.save(model_file)
-        return f"last epoch {len(values)}" + (" (EMA)" if c["ema"] else "")
+        return f"last epoch {len(values)}" + (" (EMA)" if settings["ema"] else "")
     pick = max if es["mode"] == "max" else min
     return f"best epoch {values.index(pick(values)) + 1}" if values else "best epoch"
