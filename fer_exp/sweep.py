@@ -30,16 +30,16 @@ class SweepRun(Callback):
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         t = config.tracking
-        try:
-            exp_id = tracking.configure(t.uri, t.dir, t.experiment)
-        except tracking.AccessError as e:  # before any job starts
-            log.error("%s", e)
-            sys.exit(2)
         tags = {
             tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
             tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
         }
-        parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
+        try:
+            exp_id = tracking.configure(t.uri, t.dir, t.experiment)
+            parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
+        except tracking.AccessError as e:  # before any job starts
+            log.error("%s", e)
+            sys.exit(2)
         os.environ[tracking.PARENT_ENV] = parent
         if config.pruner.name != "none" and "fer_exp_optuna" not in str(config.hydra.sweeper.get("_target_")):
             search.open_grid_study(OmegaConf.to_container(t, resolve=True), parent)  # a search's sweeper opens its own

@@ -346,6 +346,22 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
         text = wrong.stdout + wrong.stderr
         assert wrong.returncode != 0 and "refused user 'fer': check MLFLOW_TRACKING_PASSWORD" in text, text[-3000:]
         assert "Epoch 1" not in text and "Traceback" not in text
+
+        # a user who may only read fer's experiment: one line saying what to ask for, no traceback
+        viewer = {"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]}
+        read_only = subprocess.run(
+            cli(tmp_path / "viewer", *args),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**user_env(), **viewer},
+            timeout=900,
+        )
+        text = read_only.stdout + read_only.stderr
+        assert read_only.returncode == 2 and "lets user 'viewer' read the experiment but not write to it" in text, text[
+            -3000:
+        ]
+        assert "ask its admin for EDIT permission" in text and "Epoch 1" not in text and "Traceback" not in text
         nobody = subprocess.run(
             [sys.executable, "-m", "fer_exp.compare", f"tracking_uri={server.url}", f"experiment={experiment}"],
             cwd=ROOT,

@@ -34,7 +34,7 @@ from fer_exp.tracking.names import (
     TAG_SWEEP,
     TAG_UNTRACKED,
 )
-from fer_exp.tracking.store import is_server, retries
+from fer_exp.tracking.store import is_server, retries, writable
 
 if TYPE_CHECKING:
     import keras
@@ -86,7 +86,10 @@ def start_run(
     experiment = (
         MlflowClient().get_run(parent).info.experiment_id if parent else None
     )  # the parent's, else the active one
-    run_id = mlflow.start_run(run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment).info.run_id
+    with writable():
+        run_id = mlflow.start_run(
+            run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment
+        ).info.run_id
     uri = mlflow.get_tracking_uri()
     if spool and is_server(uri):
         outage.open_outbox(spool[0], {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}, spool[1])
@@ -123,7 +126,8 @@ def create_sweep_run(experiment_id: str, name: str, tags: dict[str, str]) -> str
     """A sweep's parent run, left RUNNING, with what a rerun needs (see provenance_tags); returns its id."""
     known, patch, env = provenance_tags()
     client = MlflowClient()
-    run_id = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **known, **tags}).info.run_id
+    with writable():
+        run_id = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **known, **tags}).info.run_id
     client.log_text(run_id, env, "environment.txt")
     if patch:
         client.log_text(run_id, patch, PATCH)

@@ -79,6 +79,22 @@ def check_access(uri: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def writable() -> Iterator[None]:
+    """Around a run's creation: a server that lets this user read but not write (PERMISSION_DENIED)
+    raises AccessError saying what to ask for, not MLflow's traceback."""
+    try:
+        yield
+    except MlflowException as e:
+        if e.error_code != "PERMISSION_DENIED" and e.get_http_status_code() != 403:
+            raise
+        raise AccessError(
+            f"the tracking server {mlflow.get_tracking_uri()} lets user {os.environ.get(USER)!r} read the experiment "
+            "but not write to it: ask its admin for EDIT permission (docs/cluster.md), or log to an experiment of "
+            "your own with tracking.experiment=<name>"
+        ) from None
+
+
 def use_experiment_of(run_id: str) -> None:
     """Make the experiment that holds `run_id` the active one (where new top-level runs go)."""
     mlflow.set_experiment(experiment_id=MlflowClient().get_run(run_id).info.experiment_id)
