@@ -35,3 +35,15 @@ def parse(argv: list[str] | None, defaults: dict, doc: str, required: tuple[str,
         print(f"{usage(doc, defaults)}\n\nerror: {problem}", file=sys.stderr)
         raise SystemExit(2)
     return args
+
+
+def store_uri(args: DictConfig) -> str | None:
+    """The MLflow store that args.tracking_uri / args.tracking_dir name; None, with a line on stderr saying
+    what to do, when it is a local store that does not exist yet."""
+    from fer_exp import tracking
+
+    uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
+    if problem := tracking.missing_store(uri):
+        print(f"error: {problem}", file=sys.stderr)
+        return None
+    return uri

@@ -172,9 +172,7 @@ def find_sweep(experiment: str, sweep_id: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(argv, DEFAULTS, __doc__)
-    uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if problem := tracking.missing_store(uri):
-        print(f"error: {problem}", file=sys.stderr)
+    if (uri := cli.store_uri(args)) is None:
         return 2
     try:
         tracking.connect(uri)

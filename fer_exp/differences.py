@@ -1,13 +1,17 @@
 """What differs between a recorded run and now, one line per aspect ("same: ..." or "differs: ..."):
-code, config, data, environment, machine, seed. Pure functions of what the run recorded."""
+code, config, data, environment, machine, seed; and between a run and its rerun: the first metric that
+diverges, and how far apart their scores may be and still count as noise. Pure functions of records."""
 
 from __future__ import annotations
+
+import statistics
 
 from omegaconf import OmegaConf
 
 from fer_exp import machine, provenance
 from fer_exp.config import choices, flatten
 from fer_exp.data import DataError, data_digests
+from fer_exp.tracking.names import METRIC, TAG_REPRODUCES
 
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
 
@@ -153,3 +157,19 @@ def first_divergence(old: dict[str, list[float]], new: dict[str, list[float]], e
                 where = f"epoch {step + 1} {k}" if len(a) == epochs or len(b) == epochs else f"{k}"
                 return f"{where}: {va if va is None else f'{va:.6g}'} vs {vb if vb is None else f'{vb:.6g}'}"
     return None
+
+
+def seed_tolerance(record: dict, others: list[dict], points: float | None) -> tuple[float, str]:
+    """(tolerance, why) of "within noise" for a rerun of `record`: `points` when given, else the std of the
+    metric over the other FINISHED runs (`others`) of the same config with other seeds, else 0.5 points."""
+    if points is not None:
+        return points / 100, f"{points:g} points (--tolerance)"
+    mine = choices(record["params"], drop=("seed",))
+    seeds = {}
+    for r in others:
+        if choices(r["params"], drop=("seed",)) == mine and METRIC in r["metrics"] and TAG_REPRODUCES not in r["tags"]:
+            seeds.setdefault(r["params"].get("seed"), r["metrics"][METRIC])
+    if len(seeds) >= 2:
+        std = statistics.stdev(seeds.values())
+        return max(std, 1e-4), f"{100 * std:.2f} points: the std of {METRIC} over {len(seeds)} seeds of this config"
+    return 0.005, "0.5 points (default; this config has no repeated seeds)"

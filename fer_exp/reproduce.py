@@ -25,16 +25,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from omegaconf import OmegaConf
 
 from fer_exp import differences, machine, provenance, tracking
-from fer_exp.config import choices
 from fer_exp.data import DataError
 
 log = logging.getLogger("fer_exp.reproduce")
 METRIC = tracking.METRIC  # what "within noise" is judged on
-DEFAULT_TOLERANCE = 0.005  # 0.5 points of accuracy, when the config has no repeated seeds
 IDENTICAL, WITHIN_NOISE, DIFFERS = "identical", "within noise", "differs"
 # Starts fer_exp.run from a worktree's code: its folder goes first on sys.path (before the current
 # directory and the installed package), while the current directory, and with it relative data
@@ -171,19 +168,8 @@ def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
 
 
 def tolerance(job: Job, points: float | None) -> tuple[float, str]:
-    """(tolerance, why): --tolerance, else the seed spread of this config where repeated seeds exist, else 0.5 points."""
-    if points is not None:
-        return points / 100, f"{points:g} points (--tolerance)"
-    mine = choices(job.record["params"], drop=("seed",))
-    seeds = {}
-    for r in tracking.job_records(job.record["experiment_id"]):
-        same = choices(r["params"], drop=("seed",)) == mine
-        if same and METRIC in r["metrics"] and tracking.TAG_REPRODUCES not in r["tags"]:
-            seeds.setdefault(r["params"].get("seed"), r["metrics"][METRIC])
-    if len(seeds) >= 2:
-        std = float(np.std(list(seeds.values()), ddof=1))
-        return max(std, 1e-4), f"{100 * std:.2f} points: the std of {METRIC} over {len(seeds)} seeds of this config"
-    return DEFAULT_TOLERANCE, f"{100 * DEFAULT_TOLERANCE:g} points (default; this config has no repeated seeds)"
+    """(tolerance, why) of "within noise" for a job's rerun (see differences.seed_tolerance)."""
+    return differences.seed_tolerance(job.record, tracking.job_records(job.record["experiment_id"]), points)
 
 
 def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:

@@ -19,7 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fer_exp import cli, compare, tracking
+from fer_exp import cli, compare, story_page, tracking
 from fer_exp.config import choices
 
 DEFAULTS = {
@@ -188,12 +188,8 @@ def build(records: list[dict], experiment: str, metric: str) -> Story:
 
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(argv, DEFAULTS, __doc__)
-    uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
-    if problem := tracking.missing_store(uri):
-        print(f"error: {problem}", file=sys.stderr)
+    if (uri := cli.store_uri(args)) is None:
         return 2
-    from fer_exp import story_page
-
     start = time.perf_counter()
     try:
         with tracking.quick_failures():

@@ -8,9 +8,12 @@ import html
 import re
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fer_exp import plots, tracking
-from fer_exp.story import Section, Story
+
+if TYPE_CHECKING:  # story.py builds these and calls write(); imported for the annotations only
+    from fer_exp.story import Section, Story
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.6em 0}
@@ -66,73 +69,70 @@ def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
     return head, body
 
 
-def blocks(story: Story, figures: dict[str, Path]) -> list[tuple]:
-    """The page as a list of (kind, ...) blocks, rendered to HTML and Markdown alike."""
-    m = story.metric
-    out: list[tuple] = [("h1", f"The tuning story of experiment {story.experiment}")]
-    best = max(
-        (s for s in story.sections if s.best), key=lambda s: s.best["value"] * (-1 if "loss" in m else 1), default=None
-    )
-    if best:
-        b = best.best
-        name = next(j["name"] for j in best.jobs if j["run_id"] == b["run_id"])
-        out += [
-            ("p", f"Best so far: {pct(b['value'])} {m} (TTA {pct(b['tta'])}), run {b['run_id']}: {name}."),
-            ("code", f"runs:/{b['run_id']}/model"),
-            ("p", "Re-run and check it:"),
-            ("code", f"python -m fer_exp.reproduce {b['run_id']}"),
-        ]
-    else:
-        out.append(("p", "No run has the metric yet." if story.jobs else "This experiment has no runs yet."))
-    out += [
-        ("h2", "Timeline"),
-        (
-            "p",
-            f"{len(story.jobs)} runs in {len(story.sections)} sweeps or single runs, in launch order; "
-            "the line is the best so far, crosses are failed or killed runs, hollow circles pruned ones.",
-        ),
+def headline(story: Story) -> list[tuple]:
+    """The best run so far, its model and the command that re-runs it."""
+    sign = -1 if "loss" in story.metric else 1
+    best = max((s for s in story.sections if s.best), key=lambda s: s.best["value"] * sign, default=None)
+    if best is None:
+        return [("p", "No run has the metric yet." if story.jobs else "This experiment has no runs yet.")]
+    b = best.best
+    name = next(j["name"] for j in best.jobs if j["run_id"] == b["run_id"])
+    return [
+        ("p", f"Best so far: {pct(b['value'])} {story.metric} (TTA {pct(b['tta'])}), run {b['run_id']}: {name}."),
+        ("code", f"runs:/{b['run_id']}/model"),
+        ("p", "Re-run and check it:"),
+        ("code", f"python -m fer_exp.reproduce {b['run_id']}"),
     ]
-    if "timeline" in figures:
-        out.append(("img", figures["timeline"], "every run's score in launch order"))
-    out.append(("h2", "Noise"))
+
+
+def noise(story: Story) -> list[tuple]:
+    """Configs run with several seeds (mean ± std), or what is not yet shown to be real without them."""
     if story.noise:
         rows = [[g["label"], f"{pct(g['mean'])} ± {100 * g['std']:.1f} points", str(g["n"])] for g in story.noise]
-        out += [
-            ("table", ["config", f"{m} mean ± std", "seeds"], rows),
-            (
-                "p",
-                f"A difference under {100 * story.spread:.1f} points (the largest seed spread measured) is marked within noise.",
-            ),
+        spread = f"A difference under {100 * story.spread:.1f} points (the largest seed spread measured)"
+        return [
+            ("table", ["config", f"{story.metric} mean ± std", "seeds"], rows),
+            ("p", f"{spread} is marked within noise."),
         ]
-    else:
-        top = sorted((s for s in story.scores if s is not None), reverse="loss" not in m)[:2]
-        gap = (
-            f" The best run's lead of {100 * abs(top[0] - top[1]):.1f} points over the next is therefore not yet shown to be real."
-            if len(top) == 2
-            else ""
+    top = sorted((s for s in story.scores if s is not None), reverse="loss" not in story.metric)[:2]
+    gap = ""
+    if len(top) == 2:
+        gap = f" The best run's lead of {100 * abs(top[0] - top[1]):.1f} points over the next is therefore not yet shown to be real."
+    text = (
+        "No config was repeated with another seed, so the seed noise is not measured: no difference between runs is yet"
+    )
+    return [
+        (
+            "p",
+            f"{text} shown to be more than noise.{gap} Repeat the best config with seed=1,2,3.",
         )
-        out.append(
-            (
-                "p",
-                "No config was repeated with another seed, so the seed noise is not measured: no difference between "
-                f"runs is yet shown to be more than noise.{gap} Repeat the best config with seed=1,2,3 to measure it.",
-            )
-        )
+    ]
+
+
+def section(i: int, s: Section, story: Story) -> list[tuple]:
+    """A sweep (or single run): its command, what varies, its gain, its jobs and its main effects."""
+    out = [("h2", f"{i}. {s.title}"), ("code", s.command or "(command not recorded)")]
+    varies = {k: sorted({str(r["settings"][k]) for r in s.rows}) for k in (s.rows[0]["settings"] if s.rows else {})}
+    if varies:
+        out.append(("p", "Varies: " + "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in varies.items())))
+    out += [("p", delta_text(s, story.spread, story.metric)), ("table", *job_table(s))]
+    for key, values in s.effects.items():
+        rows = [[v, pct(mean), str(n)] for v, (mean, n) in sorted(values.items())]
+        out.append(("table", [key, f"mean {story.metric}", "runs"], rows))
+    return out
+
+
+def blocks(story: Story, figures: dict[str, Path]) -> list[tuple]:
+    """The page as a list of (kind, ...) blocks, rendered to HTML and Markdown alike."""
+    out: list[tuple] = [("h1", f"The tuning story of experiment {story.experiment}"), *headline(story)]
+    legend = "the line is the best so far, crosses are failed or killed runs, hollow circles pruned ones"
+    runs = f"{len(story.jobs)} runs in {len(story.sections)} sweeps or single runs, in launch order; {legend}."
+    out += [("h2", "Timeline"), ("p", runs)]
+    if "timeline" in figures:
+        out.append(("img", figures["timeline"], "every run's score in launch order"))
+    out += [("h2", "Noise"), *noise(story)]
     for i, s in enumerate(story.sections, 1):
-        out += [("h2", f"{i}. {s.title}"), ("code", s.command or "(command not recorded)")]
-        varies = {k: sorted({str(r["settings"][k]) for r in s.rows}) for k in (s.rows[0]["settings"] if s.rows else {})}
-        if varies:
-            out.append(("p", "Varies: " + "; ".join(f"{k} in {{{', '.join(v)}}}" for k, v in varies.items())))
-        out.append(("p", delta_text(s, story.spread, m)))
-        out.append(("table", *job_table(s)))
-        for key, values in s.effects.items():
-            out.append(
-                (
-                    "table",
-                    [key, f"mean {m}", "runs"],
-                    [[v, pct(mean), str(n)] for v, (mean, n) in sorted(values.items())],
-                )
-            )
+        out += section(i, s, story)
     out += [("h2", "What mattered"), ("p", story.importance_note)]
     if story.importance:
         out.append(("table", ["setting", "importance"], [[k, f"{v:.2f}"] for k, v in story.importance.items()]))

@@ -167,6 +167,33 @@ def reuse(settings: dict, finished: dict, run_name: str) -> dict:
     return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
 
 
+def start_model(
+    settings: dict,
+    interrupted: dict | None,
+    out: Path,
+    best: keras.callbacks.ModelCheckpoint,
+    num_classes: int,
+    images: int,
+) -> tuple[keras.Model, dict]:
+    """(the model, its state: last epoch and history): the interrupted run's last checkpoint, or a new model."""
+    if not interrupted:
+        steps_per_epoch = -(-images // max(1, settings["batch_size"]))
+        return compile_model(settings, num_classes, steps_per_epoch), {"epoch": -1, "history": {}}
+    model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
+    log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
+    return model, state
+
+
+def pipelines(settings: dict, train: Split, val: Split, num_classes: int) -> tuple:
+    """(training batches, augmented and shuffled; validation batches; class weights or None)."""
+    augmenter = build_augmenter(**settings["augment"], seed=settings["seed"])
+    batch, seed = settings["batch_size"], settings["seed"]
+    train_ds = make_dataset(train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed)
+    val_ds = make_dataset(val.images, val.labels, num_classes, batch)
+    weights = class_weights(train.labels, num_classes) if settings["class_weight"] == "balanced" else None
+    return train_ds, val_ds, weights
+
+
 def train(
     cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()
 ) -> dict:
@@ -187,12 +214,9 @@ def train(
     keras.utils.set_random_seed(settings["seed"])
     if settings["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    tags = {
-        tracking.TAG_OVERRIDES: " ".join(overrides),
-        **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {}),
-    }
     where = machine.describe(settings["precision"])  # the CPU, and the precision and kernels chosen for it
-    tags.update({f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()})
+    tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()}}
+    tags.update({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})
     spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
     with (
         tracking.start_run(
@@ -209,40 +233,17 @@ def train(
         best = keras.callbacks.ModelCheckpoint(
             str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True
         )
-        if interrupted:
-            model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
-            log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
-        else:
-            model, state = (
-                compile_model(settings, len(classes), -(-len(train_split) // max(1, settings["batch_size"]))),
-                {"epoch": -1, "history": {}},
-            )
+        model, state = start_model(settings, interrupted, out, best, len(classes), len(train_split))
         flops = training_flops(model)[1]  # per image, forward + backward
         tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
-        augmenter = build_augmenter(**settings["augment"], seed=settings["seed"])
-        train_ds = make_dataset(
-            train_split.images,
-            train_split.labels,
-            len(classes),
-            settings["batch_size"],
-            augmenter,
-            training=True,
-            seed=settings["seed"],
-        )
-        val_ds = make_dataset(val_split.images, val_split.labels, len(classes), settings["batch_size"])
-        weights = class_weights(train_split.labels, len(classes)) if settings["class_weight"] == "balanced" else None
+        train_ds, val_ds, weights = pipelines(settings, train_split, val_split, len(classes))
         speed = EpochSpeed(len(train_split), flops)
         callbacks, watch = make_callbacks(settings, out, best, state["history"], speed, trial)
         log.info(
-            "training %s (%s parameters) for up to %d epochs on %d images; %s, %s, oneDNN %s",
-            settings["model"]["name"],
-            f"{model.count_params():,}",
-            settings["epochs"],
-            len(train_split),
-            where["cpu"],
-            where["precision"],
-            where["onednn"],
-        )
+            "training %s (%s parameters) for up to %d epochs on %d images; %s",
+            settings["model"]["name"], f"{model.count_params():,}", settings["epochs"], len(train_split),
+            ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]),
+        )  # fmt: skip
         logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
         start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
@@ -256,25 +257,32 @@ def train(
             callbacks=callbacks,
             verbose=fit_verbosity(settings["verbose"]),
         )
-        seconds, reason, history = time.time() - start, watch.stop_reason(), watch.checkpoint.history
-        epochs_run = len(history.get("loss", []))
-        kept = keep_weights(settings, model, model_file, history, es)
-        tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
-        result = report(settings, model, model_file, val_split, classes, history, run_name)
-        tracking.log_metrics(
-            {
-                "best_val_accuracy": result["val_accuracy"],
-                "val_accuracy_tta": result["val_accuracy_tta"],
-                "train_seconds": seconds,
-                "epochs_run": epochs_run,
-            }
-        )
-        log.info(
-            "%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", run_name, epochs_run, reason, seconds, kept
-        )
+        result = finish(settings, model, model_file, val_split, classes, watch, time.time() - start, run_name)
         if trial:
             trial.value = result["val_accuracy"]
-    return {"run_id": run_id, **result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}
+    return {"run_id": run_id, **result}
+
+
+def finish(
+    settings: dict,
+    model: keras.Model,
+    model_file: Path,
+    val: Split,
+    classes: list,
+    watch: Watch,
+    seconds: float,
+    name: str,
+) -> dict:
+    """After fit: keep the weights asked for, report them and record why and when training stopped."""
+    reason, history = watch.stop_reason(), watch.checkpoint.history
+    epochs_run = len(history.get("loss", []))
+    kept = keep_weights(settings, model, model_file, history, settings["early_stopping"])
+    tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
+    result = report(settings, model, model_file, val, classes, history, name)
+    scores = {"best_val_accuracy": result["val_accuracy"], "val_accuracy_tta": result["val_accuracy_tta"]}
+    tracking.log_metrics({**scores, "train_seconds": seconds, "epochs_run": epochs_run})
+    log.info("%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", name, epochs_run, reason, seconds, kept)
+    return {**result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}
 
 
 def keep_weights(settings: dict, model: keras.Model, model_file: Path, history: dict, es: dict) -> str:

@@ -10,7 +10,7 @@ from conftest import ROOT, store, user_env, write_folders
 
 from fer_exp import provenance
 from fer_exp.data import data_digests, load_data
-from fer_exp.differences import first_divergence
+from fer_exp.differences import first_divergence, seed_tolerance
 from fer_exp.reproduce import job_overrides
 
 slow = pytest.mark.slow
@@ -264,3 +264,20 @@ def test_checkout_restores_a_commit_with_its_patch_and_refuses_what_it_cannot(tm
         subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True, text=True).stdout.count("\n")
         == 1
     )
+
+
+def test_within_noise_is_the_seed_spread_of_the_same_config_else_half_a_point():
+    def run(seed, score, lr="0.001", rerun=False):
+        tags = {"fer_exp.reproduces": "x"} if rerun else {}
+        return {
+            "params": {"lr": lr, "seed": str(seed), "tracking.dir": str(seed)},
+            "metrics": {"best_val_accuracy": score},
+            "tags": tags,
+        }
+
+    mine = run(1, 0.50)
+    assert seed_tolerance(mine, [mine], None) == (0.005, "0.5 points (default; this config has no repeated seeds)")
+    others = [mine, run(2, 0.52), run(3, 0.54), run(4, 0.9, lr="0.01"), run(5, 0.1, rerun=True)]
+    tol, why = seed_tolerance(mine, others, None)
+    assert abs(tol - 0.02) < 1e-9 and why == "2.00 points: the std of best_val_accuracy over 3 seeds of this config"
+    assert seed_tolerance(mine, others, 1.5) == (0.015, "1.5 points (--tolerance)")
