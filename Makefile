@@ -36,10 +36,10 @@ SERVE_PORT ?= 5001
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install lock lint test test-fast demo sweep ui compare story server serve bench clean
+.PHONY: help install install-gpu lock lint test test-fast demo sweep ui compare story server serve bench clean
 
 help: ## list the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-9s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
 install: $(STAMP) ## create .venv with exactly the versions uv.lock pins (no test or cluster extras)
 
@@ -50,6 +50,9 @@ $(UV):
 $(STAMP): pyproject.toml uv.lock | $(UV)
 	$(UV_SYNC)
 	touch $(STAMP)
+
+install-gpu: $(STAMP) ## add TensorFlow's CUDA libraries (NVIDIA GPUs on Linux; untested here, we have no GPU)
+	$(UV_SYNC) --extra gpu
 
 # the test and cluster extras (pytest, Playwright, Ray, submitit, ruff): for the tests and hydra/launcher=ray|slurm
 $(EXTRAS): $(STAMP)

@@ -97,11 +97,12 @@ class EpochLogger(keras.callbacks.Callback):
 
 class EpochSpeed(keras.callbacks.Callback):
     """Logs each epoch's training speed, validation left out: its seconds, images/s and the achieved
-    GFLOP/s (`flops_per_image`: models.training_flops), so that every run measures its own speed."""
+    GFLOP/s (`flops_per_image`: models.training_flops), so that every run measures its own speed; and
+    its MFU, the achieved over the machine's peak GFLOP/s, where `make bench` measured one."""
 
-    def __init__(self, images: int, flops_per_image: int):
+    def __init__(self, images: int, flops_per_image: int, peak_gflops: float | None = None):
         super().__init__()
-        self.images, self.flops_per_image = images, flops_per_image
+        self.images, self.flops_per_image, self.peak = images, flops_per_image, peak_gflops
 
     def on_epoch_begin(self, epoch: int, logs=None) -> None:
         self.start, self.trained = time.monotonic(), None
@@ -114,6 +115,8 @@ class EpochSpeed(keras.callbacks.Callback):
         seconds = max(self.trained if self.trained is not None else time.monotonic() - self.start, 1e-9)
         rate = self.images / seconds
         speed = {"epoch_train_seconds": seconds, "images_per_s": rate, "gflop_per_s": rate * self.flops_per_image / 1e9}
+        if self.peak:
+            speed["mfu"] = speed["gflop_per_s"] / self.peak
         tracking.log_metrics(speed, step=epoch)
 
 

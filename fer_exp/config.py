@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import hashlib
 import numbers
+from importlib import resources
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 # Top-level keys that change where results go, how much is printed or how a job starts or
 # stops, not what is trained: left out of the config hash (resume matches on it) and the run name.
-# `trial` is the Optuna trial a search's sweeper gave the job.
-NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes", "trial")
+# `trial` is the Optuna trial a search's sweeper gave the job; `local` a machine's own settings
+# (conf/local/: their values are in the config and its hash, the group's name is not a choice).
+NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes", "trial", "local")
+
+
+def conf_dir() -> Path:
+    """The config folder: conf/ beside the package in a checkout (an editable install included), else
+    the copy a wheel installs inside the package (fer_exp/conf, pyproject.toml's package-dir)."""
+    source = Path(__file__).resolve().parents[1] / "conf"
+    return source if (source / "config.yaml").is_file() else Path(str(resources.files("fer_exp") / "conf"))
 
 
 def is_choice(override: str) -> bool:
@@ -72,7 +82,11 @@ CHECKS = {
     "max_minutes": (lambda v: v is None or (_number(v) and v > 0), "null or a number of minutes > 0"),
     "optimizer": (lambda v: v in ("adam", "adamw", "sgd"), "one of adam, adamw, sgd"),
     "lr_schedule": (lambda v: v in ("constant", "cosine"), "one of constant, cosine"),
-    "precision": (lambda v: v in ("auto", "float32", "mixed_bfloat16"), "one of auto, float32, mixed_bfloat16"),
+    "precision": (
+        lambda v: v in ("auto", "float32", "mixed_bfloat16", "mixed_float16"),
+        "one of auto, float32, mixed_bfloat16, mixed_float16",
+    ),
+    "threads": (lambda v: v is None or (_whole(v) and v >= 1), "null or a whole number of threads >= 1"),
     "keep_weights": (lambda v: v in ("best", "last"), "one of best, last"),
     "class_weight": (lambda v: v in ("none", "balanced"), "one of none, balanced"),
     "early_stopping.patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0 (0: off)"),

@@ -9,7 +9,7 @@ import statistics
 from omegaconf import OmegaConf
 
 from fer_exp import machine, provenance
-from fer_exp.config import choices, flatten
+from fer_exp.config import choices, conf_dir, flatten
 from fer_exp.data import DataError, data_digests
 from fer_exp.tracking.names import METRIC, TAG_REPRODUCES
 
@@ -49,7 +49,7 @@ def today_config(overrides: list[str]) -> dict | None:
     from fer_exp.data import with_fallback
 
     try:
-        with initialize_config_dir(config_dir=str(provenance.ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(config_dir=str(conf_dir()), version_base="1.3"):
             cfg = OmegaConf.to_container(compose(config_name="config", overrides=overrides), resolve=True)
     except (HydraException, ValueError, OSError):
         return None
@@ -115,13 +115,13 @@ def environment_line(run_env: str | None) -> str:
 
 
 def machine_line(run_tags: dict, precision: str) -> str:
-    """The CPU, flags, cores and precision the run recorded against this machine's."""
+    """The CPU, flags, cores, GPUs and precision the run recorded against this machine's."""
     tags = {k.split(".")[-1]: v for k, v in run_tags.items() if k.startswith("fer_exp.machine.")}
     now = machine.describe(precision)
     now["onednn"] = tags.get("onednn", now["onednn"])  # the rerun sets oneDNN as the run had it
     changed = [
         f"{k} {tags[k]!r} -> {now[k]!r}"
-        for k in ("cpu", "cpu_flags", "cores", "precision")
+        for k in ("cpu", "cpu_flags", "cores", "gpu", "precision")
         if k in tags and tags[k] != now[k]
     ]
     if not tags:

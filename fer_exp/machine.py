@@ -1,12 +1,15 @@
-"""The machine a run trains on: its CPU, and the precision and kernels that are fastest there.
+"""The machine a run trains on: its CPU and GPUs, and the precision and kernels that are fastest there.
 
-Imports no TensorFlow: `use_onednn` has to run before TensorFlow loads.
+Imports TensorFlow only to list GPUs (`gpus`, called by `precision` and `describe`): `use_onednn` and
+`use_threads` have to run before TensorFlow loads.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,6 +24,13 @@ ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
 # the VGG recipes and slower for EfficientNetB2: `make bench ARGS="--sections kernels"` measures it
 # (benchmarks/README.md). XLA (jit_compile) was slower for every model, so Keras's default (off) stays.
 ONEDNN_SLOWER = {"efficientnet_b2"}
+# TensorFlow's thread-pool sizes, read once when it loads (the config's `threads`)
+THREADS_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+# GPUs from Volta (compute capability 7.0) on have tensor cores for float16: mixed_float16 there
+# (TensorFlow's mixed-precision guide); older GPUs train in float32.
+FLOAT16_CAPABILITY = (7, 0)
+# `make bench` writes its figures here, one file per CPU model and flags (bench_file)
+BENCH_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
 
 @lru_cache(maxsize=1)
@@ -37,11 +47,27 @@ def has_bf16() -> bool:
     return any(f in BF16_FLAGS for f in cpu()[1])
 
 
-def precision(requested: str) -> str:
-    """precision=auto: mixed_bfloat16 where the CPU computes bfloat16 natively (AVX512_BF16 or AMX),
+def gpus() -> list[tuple[str, tuple[int, int] | None]]:
+    """(name, compute capability) of each GPU TensorFlow sees; [] on a CPU-only machine or build."""
+    import tensorflow as tf
+
+    found = []
+    for device in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(device)
+        found.append((details.get("device_name", device.name), details.get("compute_capability")))
+    return found
+
+
+def precision(requested: str, devices: list | None = None) -> str:
+    """precision=auto: on a GPU (`devices`, default `gpus()`) mixed_float16 from compute capability 7.0
+    on, else float32; on a CPU mixed_bfloat16 where it computes bfloat16 natively (AVX512_BF16 or AMX),
     float32 elsewhere (emulated bfloat16 is several times slower than float32)."""
     if requested != "auto":
         return requested
+    devices = gpus() if devices is None else devices
+    if devices:
+        capability = devices[0][1]
+        return "mixed_float16" if capability and tuple(capability) >= FLOAT16_CAPABILITY else "float32"
     return "mixed_bfloat16" if has_bf16() else "float32"
 
 
@@ -56,6 +82,14 @@ def use_onednn(model_name: str) -> None:
         os.environ.setdefault(ONEDNN_ENV, "1")
 
 
+def use_threads(threads: int | None) -> None:
+    """Before TensorFlow loads: size its intra- and inter-op thread pools (None: TensorFlow's default,
+    one thread per core). A value the user set in the environment wins."""
+    if threads:
+        for name in THREADS_ENV:
+            os.environ.setdefault(name, str(threads))
+
+
 def onednn_default() -> bool:
     return any(f in ONEDNN_DEFAULT_FLAGS for f in cpu()[1])
 
@@ -66,13 +100,36 @@ def onednn_on() -> bool:
     return onednn_default() if value is None else value.lower() in ("1", "true", "on")
 
 
-def describe(requested_precision: str) -> dict[str, str]:
-    """What a run records about its machine: CPU, flags, precision chosen, oneDNN."""
+def describe(requested_precision: str, devices: list | None = None) -> dict[str, str]:
+    """What a run records about its machine: CPU, flags, GPUs (`devices`, default `gpus()`), precision
+    chosen, oneDNN."""
     name, flags = cpu()
+    devices = gpus() if devices is None else devices
     return {
         "cpu": name,
         "cpu_flags": " ".join(flags) or "none of " + " ".join(FLAGS),
         "cores": str(os.cpu_count()),
-        "precision": precision(requested_precision),
+        "gpu": "; ".join(f"{n} (compute capability {'.'.join(map(str, c or ('?',)))})" for n, c in devices) or "none",
+        "precision": precision(requested_precision, devices),
         "onednn": "on" if onednn_on() else "off",
     }
+
+
+def bench_file() -> Path:
+    """This CPU's benchmark results: benchmarks/results/<model>_<flags>.json, e.g. amd-epyc_avx2-fma.json
+    (one model name covers CPUs of different generations; the flags tell them apart)."""
+    name, flags = cpu()
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "cpu"
+    return BENCH_RESULTS / f"{slug}_{'-'.join(flags) or 'none'}.json"
+
+
+def peak_gflops(chosen_precision: str) -> float | None:
+    """The peak GFLOP/s `make bench` measured on this CPU in the precision a run trains in (float32 or
+    mixed_bfloat16); None where it never ran (or on a GPU: the bench measures CPUs)."""
+    dtype = {"float32": "float32", "mixed_bfloat16": "bfloat16"}.get(chosen_precision)
+    path = bench_file()
+    if dtype is None or not path.is_file():
+        return None
+    rows = json.loads(path.read_text()).get("peak", {})
+    rates = [r["value"] for name, r in rows.items() if name.startswith(f"{dtype} ")]
+    return max(rates) if rates else None

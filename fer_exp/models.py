@@ -15,6 +15,8 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from fer_exp.config import conf_dir
+
 log = logging.getLogger(__name__)
 
 
@@ -166,7 +168,7 @@ def training_flops(model: keras.Model) -> tuple[int, int]:
 
 CLASSES_KEY = "classes"  # in an MLflow model's metadata, and the name of the file beside model.h5
 # For a bare .h5 without its class list: FER2013's seven classes, as conf/data/ sets them.
-FER7_FILE = Path(__file__).resolve().parents[1] / "conf" / "data" / "_fer7.yaml"
+FER7_FILE = conf_dir() / "data" / "_fer7.yaml"
 
 
 def classes_file(model_file: str | Path) -> Path:

@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code is running
 LOCK = "uv.lock"
 # Untracked files here are code a run depends on: they go into its patch.
 SOURCE_DIRS = ("fer_exp", "conf", "hydra_plugins")
+# A machine's own settings (git-ignored): in the patch too, so that --checkout composes what the run
+# composed, but they do not make a run dirty.
+LOCAL_DIR = "conf/local"
 
 
 def _git(*args: str, root: Path = ROOT, ok: tuple[int, ...] = (0,)) -> str:
@@ -30,14 +33,15 @@ def _git(*args: str, root: Path = ROOT, ok: tuple[int, ...] = (0,)) -> str:
 def code_state(root: Path = ROOT) -> dict | None:
     """{"commit", "dirty", "patch", "untracked"} of the checkout at `root`; None outside a git checkout.
 
-    patch: `git diff HEAD` plus every untracked file under SOURCE_DIRS as a new file, so that
-    `git apply` on the commit gives back the code that ran.
+    patch: `git diff HEAD` plus every untracked file under SOURCE_DIRS and the ignored ones under
+    LOCAL_DIR as new files, so that `git apply` on the commit gives back the code that ran.
     """
     try:
         commit = _git("rev-parse", "HEAD", root=root).strip()
         patch = _git("diff", "HEAD", "--binary", root=root)
         untracked = _git("ls-files", "--others", "--exclude-standard", "--", *SOURCE_DIRS, root=root).split()
-        for path in untracked:  # exit code 1: the files differ, as they do
+        local = _git("ls-files", "--others", "--ignored", "--exclude-standard", "--", LOCAL_DIR, root=root).split()
+        for path in untracked + local:  # exit code 1: the files differ, as they do
             patch += _git("diff", "--no-index", "--binary", "--", "/dev/null", path, root=root, ok=(0, 1))
         dirty = bool(_git("status", "--porcelain", "--untracked-files=no", root=root).strip()) or bool(untracked)
     except (OSError, subprocess.CalledProcessError):

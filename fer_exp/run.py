@@ -14,7 +14,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from fer_exp import machine
-from fer_exp.config import ConfigError, validate
+from fer_exp.config import ConfigError, conf_dir, validate
 from fer_exp.config import run_name as name_of
 from fer_exp.data import REMOTE_ENV, DataError
 
@@ -24,7 +24,7 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated
 log = logging.getLogger("fer_exp")
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(conf_dir()), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
     hc = HydraConfig.get()
@@ -38,6 +38,7 @@ def main(cfg: DictConfig) -> float | None:
     if hc.runtime.choices.get("augment") == "seed":
         log.warning("augment=seed is now called augment=notebook (the old name read like the top-level seed=)")
     machine.use_onednn(cfg.model.name)  # before TensorFlow loads
+    machine.use_threads(cfg.threads)
     from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.tracking import AccessError

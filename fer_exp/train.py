@@ -237,7 +237,8 @@ def train(
         flops = training_flops(model)[1]  # per image, forward + backward
         tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
         train_ds, val_ds, weights = pipelines(settings, train_split, val_split, len(classes))
-        speed = EpochSpeed(len(train_split), flops)
+        peak = machine.peak_gflops(where["precision"]) if where["gpu"] == "none" else None  # the bench's, for MFU
+        speed = EpochSpeed(len(train_split), flops, peak)
         callbacks, watch = make_callbacks(settings, out, best, state["history"], speed, trial)
         log.info(
             "training %s (%s parameters) for up to %d epochs on %d images; %s",

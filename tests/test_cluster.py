@@ -12,7 +12,8 @@ from pathlib import Path
 
 import keras
 import pytest
-from conftest import ROOT, cli, free_port, make_command, run_cli, start, stop, user_env, wait_http
+from helpers.processes import free_port, make_command, start, stop, wait_http
+from helpers.runner import ROOT, cli, run_cli, user_env
 from mlflow.tracking import MlflowClient
 
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="the cluster extra is not installed")

@@ -3,7 +3,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import CONF, ROOT
+from helpers.runner import CONF, ROOT
 
 
 def groups(name):
@@ -119,9 +119,9 @@ def test_a_bad_value_fails_at_once_naming_the_key(compose, bad, key):
 
 @pytest.mark.slow
 def test_lr_abc_fails_before_any_work_with_one_line(tmp_path):
-    from conftest import run_cli
+    from helpers.runner import run_cli
 
-    p = run_cli(tmp_path, "lr=abc", timeout=120)
+    p = run_cli(tmp_path, "lr=abc", timeout=120, store=False)
     errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line]
     assert p.returncode == 2 and len(errors) == 1 and "lr='abc' is not valid: expected a number > 0" in errors[0]
     assert "Traceback" not in p.stderr and not (tmp_path / "mlruns").exists()  # no run, no store: nothing started

@@ -6,7 +6,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from conftest import CLASSES, ROOT, by_class, dirty_folders, user_env, write_csv, write_folders
+from helpers.data import CLASSES, by_class, dirty_folders, write_csv, write_folders
+from helpers.runner import ROOT, user_env
 from omegaconf import OmegaConf
 
 from fer_exp import data

@@ -3,7 +3,8 @@ predict, serve and the registry take like any other."""
 
 import keras
 import pytest
-from conftest import jobs, run_cli, store, write_folders
+from helpers.data import write_folders
+from helpers.runner import jobs, run_cli, store
 
 from fer_exp import ensemble, evaluate, predict
 

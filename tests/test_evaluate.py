@@ -5,7 +5,7 @@ import csv
 import shutil
 
 import pytest
-from conftest import write_folders
+from helpers.data import write_folders
 
 from fer_exp import predict
 from fer_exp.evaluate import main
@@ -17,7 +17,7 @@ THREE = ["happy", "neutral", "sad"]
 def trained(tmp_path_factory):
     """A tiny run on class folders of only happy, neutral and sad, with data.classes=[happy,neutral,sad],
     in its own store: (run id, store dir, output dir with model.h5)."""
-    from conftest import CONF
+    from helpers.runner import CONF
     from hydra import compose, initialize_config_dir
 
     from fer_exp.train import train

@@ -6,7 +6,8 @@ import cv2
 import keras
 import numpy as np
 import pytest
-from conftest import CLASSES, SHARED_FER
+from helpers.data import CLASSES
+from helpers.runner import SHARED_FER
 
 from fer_exp import faces, predict
 from fer_exp.synthetic import make_faces

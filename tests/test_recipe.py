@@ -1,4 +1,4 @@
-"""The accuracy and cost levers: VGG and its crop, schedules, precision per CPU, TTA, the recipe and fast configs."""
+"""The accuracy and cost levers: VGG and its crop, schedules, TTA, the recipe and fast configs."""
 
 import keras
 import mlflow
@@ -130,30 +130,3 @@ def test_vgg_crop_sees_the_central_crop_of_whole_faces():
     bordered = faces.copy()
     bordered[:, :4], bordered[:, -4:], bordered[:, :, :4], bordered[:, :, -4:] = 0, 1, 0, 1
     np.testing.assert_allclose(cropped.predict(faces, verbose=0), cropped.predict(bordered, verbose=0), atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("flags", "auto", "onednn"),
-    [
-        (("avx2", "fma"), "float32", "1"),  # an AVX2-only EPYC: float32, oneDNN turned on
-        (
-            ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_tile"),
-            "mixed_bfloat16",
-            None,
-        ),  # a BF16/AMX Xeon: TensorFlow's own default
-    ],
-)
-def test_precision_and_onednn_follow_the_cpu(monkeypatch, flags, auto, onednn):
-    from fer_exp import machine
-
-    monkeypatch.setattr(machine, "cpu", lambda: ("a CPU", flags))
-    monkeypatch.delenv(machine.ONEDNN_ENV, raising=False)
-    assert machine.precision("auto") == auto and machine.precision("float32") == "float32"
-    machine.use_onednn("efficientnet_b2")  # measured slower with oneDNN on an AVX2 CPU: left alone
-    assert machine.ONEDNN_ENV not in machine.os.environ
-    machine.use_onednn("deep")
-    assert machine.os.environ.get(machine.ONEDNN_ENV) == onednn
-    assert machine.describe("auto")["onednn"] == "on" and machine.describe("auto")["precision"] == auto
-    monkeypatch.setenv(machine.ONEDNN_ENV, "0")  # the user's choice wins
-    machine.use_onednn("deep")
-    assert machine.os.environ[machine.ONEDNN_ENV] == "0" and machine.describe("auto")["onednn"] == "off"

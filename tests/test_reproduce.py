@@ -6,7 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, store, user_env, write_folders
+from helpers.data import write_folders
+from helpers.runner import ROOT, store, user_env
 
 from fer_exp import provenance
 from fer_exp.data import data_digests, load_data
@@ -103,10 +104,8 @@ def test_a_seeded_run_reproduces_after_conf_and_code_change_and_a_code_change_is
     assert rerun.data.tags["fer_exp.reproduced"] == "identical" and rerun.data.params["label_smoothing"] == "0.0"
     assert client.get_run(run_id).data.tags["fer_exp.reproduced"] == "identical"
 
-    p = run_in(repo, tmp_path, "reproduce", run_id, "--checkout")
-    assert p.returncode == 0 and ": identical: " in verdicts(p)[0], p.stdout[-3000:] + p.stderr[-3000:]
-
-    # a code change committed: today's code differs, the run's own code reproduces
+    # a code change committed too: today's code differs; the run's own code (--checkout, on the
+    # run's conf) reproduces
     edit(repo / "fer_exp" / "pipeline.py", "/ 255.0", "/ 128.0")
     commit(repo, "another input scale")
     p = run_in(repo, tmp_path, "reproduce", run_id, "--tolerance", "0")
@@ -153,7 +152,15 @@ def test_a_dirty_sweep_is_replayed_by_checkout_job_by_job(tmp_path):
 
 
 @slow
-def test_changed_data_is_refused_before_any_epoch(tmp_path):
+def test_changed_data_is_refused_before_any_epoch(tmp_path, capsys, monkeypatch):
+    from fer_exp.reproduce import main as reproduce
+
+    for name in (
+        "TF_ENABLE_ONEDNN_OPTS",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+    ):  # what reproduce sets: restored after
+        monkeypatch.delenv(name, raising=False)
+
     write_folders(tmp_path / "fer", per_class=3)
     p = run_in(
         ROOT, tmp_path, "run", "debug=tiny", "data=fer2013", f"data.root={tmp_path / 'fer'}", "data.register_as=null"
@@ -162,15 +169,16 @@ def test_changed_data_is_refused_before_any_epoch(tmp_path):
     _, runs = runs_by_role(tmp_path)
     run_id = runs["job"][0].info.run_id
     next((tmp_path / "fer" / "train" / "happy").iterdir()).unlink()
-    p = run_in(ROOT, tmp_path, "reproduce", run_id)
-    assert p.returncode == 2, p.stdout[-3000:] + p.stderr[-3000:]
-    assert f"data differs in {tmp_path / 'fer'}: train: the run's" in p.stderr and "--force" in p.stderr
-    assert "Traceback" not in p.stderr and "Epoch 1" not in p.stdout
+    capsys.readouterr()
+    assert reproduce([run_id, "--tracking-dir", str(tmp_path / "mlruns")]) == 2  # in-process: it trains nothing
+    out, err = capsys.readouterr()
+    assert f"data differs in {tmp_path / 'fer'}: train: the run's" in err and "--force" in err
+    assert "Traceback" not in err and "Epoch 1" not in out
     _, after = runs_by_role(tmp_path)
     assert len(after["job"]) == 1  # nothing half-written
     shutil.rmtree(tmp_path / "fer")
-    p = run_in(ROOT, tmp_path, "reproduce", run_id)
-    assert p.returncode == 2 and "data root not found" in p.stderr and "Traceback" not in p.stderr
+    assert reproduce([run_id, "--tracking-dir", str(tmp_path / "mlruns")]) == 2
+    assert "data root not found" in capsys.readouterr().err
 
 
 def test_data_digests_match_what_load_data_records_without_decoding(folders):
@@ -215,6 +223,21 @@ def test_code_state_puts_untracked_sources_into_a_patch_that_applies(tmp_path):
     ).read_text() == "y = 3\n"
     assert not (clone / "notes.txt").exists()
     assert provenance.code_state(tmp_path / "nowhere") is None
+
+
+def test_a_machines_local_settings_go_into_the_patch_without_making_the_run_dirty(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "conf" / "local").mkdir(parents=True)
+    (repo / "conf" / "config.yaml").write_text("threads: null\n")
+    (repo / ".gitignore").write_text("conf/local/*\n")
+    commit(repo, "a config", init=True)
+    (repo / "conf" / "local" / "default.yaml").write_text("threads: 2\n")  # git-ignored
+    state = provenance.code_state(repo)
+    assert not state["dirty"] and state["untracked"] == [] and "conf/local/default.yaml" in state["patch"]
+    clone = tmp_path / "clone"  # what --checkout's worktree gets: the run composes the same settings
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], check=True)
+    subprocess.run(["git", "-C", str(clone), "apply", "-"], input=state["patch"], text=True, check=True)
+    assert (clone / "conf" / "local" / "default.yaml").read_text() == "threads: 2\n"
 
 
 def test_environment_text_lists_every_package_and_reads_back():

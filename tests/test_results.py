@@ -10,7 +10,8 @@ import urllib.request
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, free_port, make_command, wait_http
+from helpers.processes import free_port, make_command, wait_http
+from helpers.runner import ROOT
 from mlflow.tracking import MlflowClient
 
 from fer_exp import compare, tracking

@@ -8,7 +8,8 @@ import sys
 import mlflow
 import numpy as np
 import pytest
-from conftest import ROOT, dirty_folders, run_cli, store, user_env, write_csv, write_folders
+from helpers.data import dirty_folders, write_csv, write_folders
+from helpers.runner import ROOT, run_cli, store, user_env
 from mlflow.tracking import MlflowClient
 
 slow = pytest.mark.slow

@@ -4,7 +4,7 @@ current Optuna, and pruner=median for grid sweeps, run for real on a small synth
 
 import optuna
 import pytest
-from conftest import jobs, run_cli, store
+from helpers.runner import jobs, run_cli, store
 
 from fer_exp import compare
 
@@ -99,23 +99,23 @@ def search_trials(tmp_path):
 
 @slow
 def test_a_search_prunes_and_resume_continues_its_study(tmp_path):
-    p = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=8")
+    p = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=6")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = store(tmp_path)
     pruned = [r for r in jobs(runs) if r.data.tags.get("fer_exp.stop_reason") == "pruned"]
-    assert len(jobs(runs)) == 8 and pruned and all(r.data.metrics["epochs_run"] < 4 for r in pruned)
+    assert len(jobs(runs)) == 6 and pruned and all(r.data.metrics["epochs_run"] < 4 for r in pruned)
     (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
     assert {r.data.tags["mlflow.parentRunId"] for r in jobs(runs)} == {parent.info.run_id}  # trials are child runs
     best = [r for r in jobs(runs) if r.data.tags.get("fer_exp.best") == "true"]
     assert len(best) == 1 and parent.data.tags["fer_exp.best_run"] == best[0].info.run_id and best[0] not in pruned
     trials = search_trials(tmp_path)
-    assert [t.state.name for t in trials].count("PRUNED") == len(pruned) and len(trials) == 8
+    assert [t.state.name for t in trials].count("PRUNED") == len(pruned) and len(trials) == 6
     assert all(len(t.intermediate_values) == 4 for t in trials if t.state.name == "COMPLETE")  # reported every epoch
 
-    again = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=9", "resume=true")
+    again = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=7", "resume=true")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "1 job(s), 0 not finished" in again.stdout and "8 trial(s) done before" in again.stdout + again.stderr
-    assert len(search_trials(tmp_path)) == 9 and len(jobs(store(tmp_path)[1])) == 9  # one study, one new trial
+    assert "1 job(s), 0 not finished" in again.stdout and "6 trial(s) done before" in again.stdout + again.stderr
+    assert len(search_trials(tmp_path)) == 7 and len(jobs(store(tmp_path)[1])) == 7  # one study, one new trial
 
 
 @slow

@@ -9,7 +9,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -17,7 +16,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, cli, free_port, run_cli, start, stop, user_env, wait_http
+from helpers.processes import free_port, start, stop, wait_http
+from helpers.runner import ROOT, cli, run_cli, user_env
 
 from fer_exp.outbox import CALLS, RUN, Outbox, read_calls, unpack
 
@@ -135,6 +135,10 @@ class Server:
     def stop(self):
         stop(self.proc, signal.SIGKILL)  # as in a crash (and at once: a graceful stop takes ~15 s)
 
+    def up(self):
+        """Started again if it is not running (a test before stopped it and failed)."""
+        return self if self.proc and self.proc.poll() is None else self.start()
+
 
 @pytest.fixture
 def servers():
@@ -144,6 +148,15 @@ def servers():
     for server in made:
         if server.proc:
             server.stop()
+
+
+@pytest.fixture(scope="module")
+def team_server(tmp_path_factory):
+    """One `make server` shared by the outage tests: each stops it and starts it again on the same
+    database (runs are told apart by their sweep folder or id), and leaves it running."""
+    server = Server(tmp_path_factory.mktemp("team_server")).start()
+    yield server
+    server.stop()
 
 
 def server_runs(url: str, experiment: str = "fer_exp", query: str = ""):
@@ -166,12 +179,13 @@ def wait_for_epoch(url: str, epoch: int, job_filter: str, proc: subprocess.Popen
 
 
 @pytest.mark.slow
-def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, servers):
-    """The server is stopped for ~30 s during the first job's second epoch and started again on the
-    same database: both jobs end FINISHED with every epoch's metrics and their model on the server."""
+def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, team_server):
+    """The server is stopped for ~12 s (past a job's two retries, a second apart) during the first job's
+    second epoch and started again on the same database: both jobs end FINISHED with every epoch's
+    metrics and their model on the server."""
     import mlflow
 
-    server = servers(tmp_path).start()
+    server = team_server.up()
     # data.register_as=null: leave the registry of a shared test database (CI's PostgreSQL) to the cluster test
     args = [
         "-m",
@@ -190,7 +204,7 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
         wait_for_epoch(server.url, 1, "attributes.status = 'RUNNING'", sweep)
         down = time.time()
         server.stop()
-        time.sleep(max(0.0, 30 - (time.time() - down)))
+        time.sleep(max(0.0, 12 - (time.time() - down)))
         up = time.time()
         server.start()
         out = sweep.communicate(timeout=600)[0]
@@ -229,11 +243,11 @@ def test_a_sweep_trains_through_a_server_restart_and_loses_nothing(tmp_path, ser
 
 
 @pytest.mark.slow
-def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_path, servers):
+def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_path, team_server, capsys):
     import keras
     import mlflow
 
-    server = servers(tmp_path).start()
+    server = team_server.up()
     spool = tmp_path / "spool"
     args = [
         "debug=small",
@@ -258,15 +272,11 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
     assert list(folder.rglob("model.keras")) and list(folder.rglob("last.keras"))  # the model and the checkpoint
 
     server.start()  # a server is up again, on the same database
-    sync = subprocess.run(
-        [sys.executable, "-m", "fer_exp.sync", f"spool={spool}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=user_env(),
-        timeout=600,
-    )
-    assert sync.returncode == 0 and f"uploaded run {folder.name}" in sync.stdout, (sync.stdout + sync.stderr)[-3000:]
+    from fer_exp import sync  # in-process: it only talks to the server
+
+    capsys.readouterr()
+    assert sync.main([f"spool={spool}"]) == 0
+    assert f"uploaded run {folder.name}" in capsys.readouterr().out
     assert not folder.exists()
     client = mlflow.tracking.MlflowClient(server.url)
     run = client.get_run(folder.name)
@@ -286,7 +296,7 @@ def test_a_server_that_never_comes_back_leaves_a_spool_that_sync_uploads(tmp_pat
 
 
 @pytest.mark.slow
-def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(tmp_path, servers):
+def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(tmp_path, servers, capsys):
     admin = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(16)}
     server = servers(
         tmp_path, AUTH=1, SERVER_AUTH_DB=f"sqlite:///{tmp_path / 'auth.db'}", SERVER_AUTH_INI=tmp_path / "auth.ini"
@@ -362,17 +372,11 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
             -3000:
         ]
         assert "ask its admin for EDIT permission" in text and "Epoch 1" not in text and "Traceback" not in text
-        nobody = subprocess.run(
-            [sys.executable, "-m", "fer_exp.compare", f"tracking_uri={server.url}", f"experiment={experiment}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            env=user_env(),
-            timeout=300,
-        )
-        assert (
-            nobody.returncode == 2 and "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in nobody.stderr
-        ), nobody.stderr[-3000:]
+        from fer_exp import compare  # in-process, with no credentials in the environment
+
+        capsys.readouterr()
+        assert compare.main([f"tracking_uri={server.url}", f"experiment={experiment}"]) == 2
+        assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in capsys.readouterr().err
 
         os.environ.update({"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]})
         client, runs = server_runs(server.url, experiment)

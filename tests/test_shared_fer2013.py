@@ -1,7 +1,8 @@
 """The real data, where ../shared/fer2013 exists; skipped elsewhere."""
 
 import pytest
-from conftest import CLASSES, SHARED_FER
+from helpers.data import CLASSES
+from helpers.runner import SHARED_FER
 
 from fer_exp.data import load_folder_split
 

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_cli, user_env
+from helpers.runner import ROOT, run_cli, user_env
 
 from fer_exp import story
 
@@ -128,7 +128,7 @@ def test_two_real_sweeps_tell_their_story_in_a_browser_without_network(tiny_swee
     assert p.returncode == 0 and p.stdout.splitlines()[0] == str(out / "story.html"), p.stderr[-3000:]
     page = (out / "story.html").read_text()
     assert not EXTERNAL.search(page) and "<script" not in page
-    from conftest import store
+    from helpers.runner import store
 
     _, runs = store(tmp_path)
     parents = sorted((r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"), key=lambda r: r.info.start_time)

@@ -7,7 +7,7 @@ import sys
 
 import mlflow
 import pytest
-from conftest import ROOT, jobs, run_cli, store, user_env
+from helpers.runner import ROOT, jobs, run_cli, store, user_env
 
 slow = pytest.mark.slow
 

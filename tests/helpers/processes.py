@@ -1,0 +1,69 @@
+"""Long-running processes (servers, cluster nodes): free ports, start, wait, stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from helpers.runner import ROOT, user_env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until `url` answers; fail at once if the server process exits."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            out = proc.stdout.read()[-3000:] if proc.stdout else ""
+            raise AssertionError(f"server exited {proc.returncode}: {out}")
+        try:
+            urllib.request.urlopen(url, timeout=5)
+            return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"{url} did not answer in {timeout} s")
+
+
+def start(command, log: Path, env=None, shell=False, cwd=ROOT) -> subprocess.Popen:
+    """A long-running process in its own process group (killed with everything it started)."""
+    return subprocess.Popen(
+        command,
+        cwd=cwd,
+        shell=shell,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**user_env(), **(env or {})},
+    )
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+
+
+def make_command(target: str, **variables) -> str:
+    """The command line `make TARGET VAR=...` runs (from a dry run), to start it as a process here."""
+    dry = subprocess.run(
+        ["make", "-s", "-n", target, *(f"{k}={v}" for k, v in variables.items())],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dry.stdout.replace("\\\n", " ").strip().splitlines()[-1]
