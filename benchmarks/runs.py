@@ -13,6 +13,13 @@ from pathlib import Path
 
 from common import ROOT, row
 
+
+def own_store() -> dict[str, str]:
+    """This environment without MLFLOW_TRACKING_URI (which mlflow.set_tracking_uri sets, as the
+    inference section does): a run started here logs to its own tracking.dir, not the user's store."""
+    return {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+
+
 # --- sweep overhead -----------------------------------------------------------
 
 
@@ -48,7 +55,7 @@ def bench_sweep(results: dict) -> None:
             f"hydra.sweep.dir={tmp}/multirun",
         ]
         began = time.time()
-        subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(cmd, check=True, cwd=ROOT, env=own_store(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         ended = time.time()
         runs = mlflow.search_runs(search_all_experiments=True, order_by=["attributes.start_time ASC"])
     mlflow.set_tracking_uri(None)
@@ -104,7 +111,7 @@ def bench_memory(results: dict, root: Path) -> None:
             f"hydra.run.dir={tmp}/run",
         ]
         start, peak = time.perf_counter(), 0.0
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=own_store(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         while proc.poll() is None:
             with contextlib.suppress(OSError, StopIteration):  # the process may end between poll and read
                 peak = max(peak, peak_rss_gib(proc.pid))
