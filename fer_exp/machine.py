@@ -1,7 +1,7 @@
 """The machine a run trains on: its CPU and GPUs, and the precision and kernels that are fastest there.
 
-Imports TensorFlow only to list GPUs (`gpus`, called by `precision` and `describe`): `use_onednn` and
-`use_threads` have to run before TensorFlow loads.
+Imports TensorFlow only to list GPUs where NVIDIA's driver is loaded (`gpus`, called by `precision` and
+`describe`): `use_onednn` and `use_threads` have to run before TensorFlow loads.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ THREADS_ENV = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 # GPUs from Volta (compute capability 7.0) on have tensor cores for float16: mixed_float16 there
 # (TensorFlow's mixed-precision guide); older GPUs train in float32.
 FLOAT16_CAPABILITY = (7, 0)
+# Where Linux's NVIDIA driver shows itself once loaded; TensorFlow's CUDA build needs it for any GPU
+NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 # `make bench` writes its figures here, one file per CPU model and flags (bench_file)
 BENCH_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
 
@@ -48,7 +50,10 @@ def has_bf16() -> bool:
 
 
 def gpus() -> list[tuple[str, tuple[int, int] | None]]:
-    """(name, compute capability) of each GPU TensorFlow sees; [] on a CPU-only machine or build."""
+    """(name, compute capability) of each GPU TensorFlow sees; [] on a CPU-only machine or build.
+    Without NVIDIA's driver (NVIDIA_DRIVER) TensorFlow sees none: it is not loaded to ask."""
+    if not NVIDIA_DRIVER.exists():
+        return []
     import tensorflow as tf
 
     found = []

@@ -59,10 +59,16 @@ def test_on_a_gpu_auto_picks_float16_from_compute_capability_7(monkeypatch, devi
     assert "compute capability 8.0" in machine.describe("auto", devices=[A100, P100])["gpu"]
 
 
-def test_gpus_lists_what_tensorflow_sees():
+def test_gpus_lists_what_tensorflow_sees(monkeypatch, tmp_path):
     import tensorflow as tf
 
     assert len(machine.gpus()) == len(tf.config.list_physical_devices("GPU"))
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER", tmp_path / "driver")  # (as if) loaded: TensorFlow is asked
+    (tmp_path / "driver").mkdir()
+    assert len(machine.gpus()) == len(tf.config.list_physical_devices("GPU"))
+    monkeypatch.setattr(machine, "NVIDIA_DRIVER", tmp_path / "none")  # no driver: no GPU, and no question
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind: pytest.fail("TensorFlow was asked"))
+    assert machine.gpus() == []
 
 
 def test_a_run_on_a_gpu_trains_in_mixed_float16_and_records_the_gpu(tmp_path, compose, monkeypatch):
