@@ -108,7 +108,7 @@ serve: install ## REST predictions from MODEL (default models:/fer@champion) on 
 	PATH="$(CURDIR)/$(BIN):$$PATH" MLFLOW_TRACKING_URI=sqlite:///$(STORE)/mlflow.db \
 		$(BIN)/mlflow models serve -m "$(MODEL)" --env-manager local --host $(HOST) --port $(SERVE_PORT)
 
-bench: install ## measured speed and memory (needs ../shared/fer2013; ~10 min); table + benchmarks/results.json
+bench: install ## measured speed and memory (needs ../shared/fer2013; ~11 min); table + benchmarks/results/<cpu>_<flags>.json
 	$(BIN)/python benchmarks/bench.py $(ARGS)
 
 clean: ## remove Hydra outputs and the decoded-image cache (keeps mlruns/)

