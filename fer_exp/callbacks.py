@@ -8,13 +8,15 @@ import logging
 import math
 import shutil
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
 
 import keras
 
-from fer_exp import tracking
+from fer_exp import machine, tracking
+from fer_exp.models import training_flops
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +120,32 @@ class EpochSpeed(keras.callbacks.Callback):
         if self.peak:
             speed["mfu"] = speed["gflop_per_s"] / self.peak
         tracking.log_metrics(speed, step=epoch)
+
+
+class DropHdf5Notice(logging.Filter):
+    """Keras warns at every .h5 save; the notebook's format is kept on purpose."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "HDF5 file" not in record.getMessage()
+
+
+DROP_HDF5_NOTICE = DropHdf5Notice()  # train() adds it to absl's logger around fit
+
+
+def fit_verbosity(setting) -> int:
+    """verbose=auto: Keras's progress bar on a terminal, one line per epoch elsewhere."""
+    if setting == "auto":
+        return 1 if sys.stdout.isatty() else 2
+    return int(setting)
+
+
+def speed_meter(model: keras.Model, where: dict[str, str], images: int) -> EpochSpeed:
+    """Logs the model's size and training FLOPs per image; the callback that logs each epoch's speed
+    (and MFU against the bench's peak for this CPU, when measured; none on a GPU)."""
+    flops = training_flops(model)[1]  # per image, forward + backward
+    tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
+    peak = machine.peak_gflops(where["precision"]) if where["gpu"] == "none" else None
+    return EpochSpeed(images, flops, peak)
 
 
 class EpochCheckpoint(keras.callbacks.Callback):

@@ -95,6 +95,11 @@ def use_threads(threads: int | None) -> None:
             os.environ.setdefault(name, str(threads))
 
 
+def onednn_env(recorded: str | None) -> dict[str, str]:
+    """The environment that sets oneDNN as a run recorded it (tag value "on"/"off"; None: nothing set)."""
+    return {ONEDNN_ENV: "1" if recorded == "on" else "0"} if recorded else {}
+
+
 def onednn_default() -> bool:
     return any(f in ONEDNN_DEFAULT_FLAGS for f in cpu()[1])
 

@@ -125,30 +125,15 @@ def plan(job: Job, args, stack: contextlib.ExitStack) -> None:
 # --- the rerun -----------------------------------------------------------------
 
 
-def onednn_env(job: Job) -> dict[str, str]:
-    """oneDNN on or off as the run had it (TensorFlow reads it once, when it loads)."""
-    onednn = job.record["tags"].get(f"{tracking.TAG_MACHINE}.onednn")
-    return {machine.ONEDNN_ENV: "1" if onednn == "on" else "0"} if onednn else {}
-
-
 def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
     """Train the job again into a new run tagged fer_exp.reproduces; returns (its id, whether it finished)."""
     tags = {tracking.TAG_REPRODUCES: job.run_id}
     new_id = tracking.create_run(job.record["experiment_id"], job.record["name"], tags)
-    env = {"MLFLOW_RUN_ID": new_id, **onednn_env(job)}
+    env = {"MLFLOW_RUN_ID": new_id, **machine.onednn_env(job.record["tags"].get(f"{tracking.TAG_MACHINE}.onednn"))}
     out = Path("outputs") / "reproduce" / new_id
     if job.worktree:
-        command = [
-            sys.executable,
-            "-c",
-            BOOT,
-            str(job.worktree),
-            *job.overrides,
-            f"tracking.uri='{uri}'",
-            f"tracking.experiment={experiment}",
-            "resume=false",
-            f"hydra.run.dir={out}",
-        ]
+        where = [f"tracking.uri='{uri}'", f"tracking.experiment={experiment}", "resume=false", f"hydra.run.dir={out}"]
+        command = [sys.executable, "-c", BOOT, str(job.worktree), *job.overrides, *where]
         ok = subprocess.run(command, env={**os.environ, **env}).returncode == 0
     else:
         os.environ.update(env)  # before TensorFlow loads (oneDNN); MLflow's start_run continues MLFLOW_RUN_ID
@@ -277,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             require_finished(record)
             jobs = [load_job(r) for r in jobs_of(record, args.jobs)]
             experiment = tracking.experiment_name(record["experiment_id"])
-            os.environ.update(onednn_env(jobs[0]))  # before the machine line loads TensorFlow (to list GPUs)
+            # before the machine line loads TensorFlow (to list GPUs, where NVIDIA's driver is)
+            os.environ.update(machine.onednn_env(jobs[0].record["tags"].get(f"{tracking.TAG_MACHINE}.onednn")))
             for job in jobs:
                 plan(job, args, stack)
                 print(

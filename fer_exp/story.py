@@ -16,11 +16,11 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_exp import cli, compare, story_page, tracking
 from fer_exp.config import choices
+from fer_exp.story_page import Section, Story
 
 DEFAULTS = {
     "experiment": "fer_exp",
@@ -31,34 +31,6 @@ DEFAULTS = {
 }
 STORY = "story"  # the role (tag fer_exp.role) of the run that holds an experiment's story pages
 MIN_IMPORTANCE_RUNS = 10  # fewer comparable runs than this: a main-effects table, no importance
-
-
-@dataclass
-class Section:
-    """A sweep (its parent's record and jobs) or a single run, as launched."""
-
-    title: str
-    parent: dict | None
-    jobs: list[dict]
-    command: str = ""
-    rows: list[dict] = field(default_factory=list)  # compare.job_rows: best first, the settings that differ
-    best: dict | None = None  # its best row
-    before: float | None = None  # the best score of every job launched before this section
-    effects: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)  # param -> value -> (mean, n)
-
-
-@dataclass
-class Story:
-    experiment: str
-    metric: str
-    jobs: list[dict]  # launch order
-    scores: list[float | None]  # the metric of each job, None when it has none (failed, pruned, running)
-    sections: list[Section]
-    noise: list[dict]  # configs run with several seeds: {"label", "mean", "std", "n", "jobs"}
-    spread: float | None  # the largest seed std measured, what a difference must beat
-    importance: dict[str, float] | None
-    importance_note: str
-    study: object  # the Optuna study importance was computed on (its trials: the comparable runs), or None
 
 
 def score(job: dict, metric: str) -> float | None:

@@ -1,5 +1,5 @@
 """The story page: story.html (self-contained, figures embedded as data URIs, no script and nothing
-fetched) and story.md (the same content, figures as files beside it), from a story.Story."""
+fetched) and story.md (the same content, figures as files beside it), from a Story (built by fer_exp.story)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,41 @@ import base64
 import html
 import re
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from fer_exp import plots, tracking
 
-if TYPE_CHECKING:  # story.py builds these and calls write(); imported for the annotations only
-    from fer_exp.story import Section, Story
+# What the page shows; fer_exp.story builds them from the experiment's runs and calls write().
+
+
+@dataclass
+class Section:
+    """A sweep (its parent's record and jobs) or a single run, as launched."""
+
+    title: str
+    parent: dict | None
+    jobs: list[dict]
+    command: str = ""
+    rows: list[dict] = field(default_factory=list)  # compare.job_rows: best first, the settings that differ
+    best: dict | None = None  # its best row
+    before: float | None = None  # the best score of every job launched before this section
+    effects: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)  # param -> value -> (mean, n)
+
+
+@dataclass
+class Story:
+    experiment: str
+    metric: str
+    jobs: list[dict]  # launch order
+    scores: list[float | None]  # the metric of each job, None when it has none (failed, pruned, running)
+    sections: list[Section]
+    noise: list[dict]  # configs run with several seeds: {"label", "mean", "std", "n", "jobs"}
+    spread: float | None  # the largest seed std measured, what a difference must beat
+    importance: dict[str, float] | None
+    importance_note: str
+    study: object  # the Optuna study importance was computed on (its trials: the comparable runs), or None
+
 
 CSS = """body{font:14px/1.45 system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}table{border-collapse:collapse;margin:.6em 0}

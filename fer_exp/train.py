@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -16,26 +15,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from fer_exp import machine, search, tracking
 from fer_exp.augment import build_augmenter
-from fer_exp.callbacks import EpochCheckpoint, EpochLogger, EpochSpeed, StopOnNonFinite, StopOnSignal, TimeBudget
+from fer_exp.callbacks import (
+    DROP_HDF5_NOTICE,
+    EpochCheckpoint,
+    EpochLogger,
+    StopOnNonFinite,
+    StopOnSignal,
+    TimeBudget,
+    fit_verbosity,
+    speed_meter,
+)
 from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
-from fer_exp.models import build_model, training_flops
+from fer_exp.models import build_model
 from fer_exp.pipeline import make_dataset
 from fer_exp.report import report as log_report
 
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD}
-
-
-class _DropHdf5Notice(logging.Filter):
-    """Keras warns at every .h5 save; the notebook's format is kept on purpose."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "HDF5 file" not in record.getMessage()
-
-
-_DROP_HDF5_NOTICE = _DropHdf5Notice()
 
 
 def make_optimizer(name: str, lr, weight_decay: float = 0.0, ema: bool = False) -> keras.optimizers.Optimizer:
@@ -79,13 +77,6 @@ def compile_model(settings: dict, num_classes: int, steps_per_epoch: int) -> ker
     return model
 
 
-def fit_verbosity(setting) -> int:
-    """verbose=auto: Keras's progress bar on a terminal, one line per epoch elsewhere."""
-    if setting == "auto":
-        return 1 if sys.stdout.isatty() else 2
-    return int(setting)
-
-
 def log_data(splits: dict[str, Split], source: str, name: str, classes: list[str]) -> None:
     """Print and record the class counts, the data set digests and what was skipped."""
     table = count_table(splits, classes)
@@ -126,7 +117,12 @@ class Watch:
 
 
 def make_callbacks(
-    settings: dict, out: Path, best: keras.callbacks.ModelCheckpoint, history: dict, speed: EpochSpeed, trial=None
+    settings: dict,
+    out: Path,
+    best: keras.callbacks.ModelCheckpoint,
+    history: dict,
+    speed: keras.callbacks.Callback,
+    trial=None,
 ) -> tuple[list, Watch]:
     """(the callbacks of fit, the Watch on those whose outcome is read after fit)."""
     es = settings["early_stopping"]
@@ -194,6 +190,17 @@ def pipelines(settings: dict, train: Split, val: Split, num_classes: int) -> tup
     return train_ds, val_ds, weights
 
 
+def describe_model(model: keras.Model, settings: dict) -> str:
+    return f"{settings['model']['name']} ({model.count_params():,} parameters)"
+
+
+def machine_tags(settings: dict, overrides, interrupted: dict | None) -> tuple[dict[str, str], dict[str, str]]:
+    """(the machine: CPU, GPUs, the precision and kernels chosen for it; the run's tags, those included)."""
+    where = machine.describe(settings["precision"])
+    tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()}}
+    return where, {**tags, **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
+
+
 def train(
     cfg: DictConfig, run_name: str = "run", output_dir: str | Path | None = None, overrides: list[str] | tuple = ()
 ) -> dict:
@@ -214,9 +221,7 @@ def train(
     keras.utils.set_random_seed(settings["seed"])
     if settings["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    where = machine.describe(settings["precision"])  # the CPU, and the precision and kernels chosen for it
-    tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()}}
-    tags.update({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})
+    where, tags = machine_tags(settings, overrides, interrupted)
     spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
     with (
         tracking.start_run(
@@ -234,18 +239,12 @@ def train(
             str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True
         )
         model, state = start_model(settings, interrupted, out, best, len(classes), len(train_split))
-        flops = training_flops(model)[1]  # per image, forward + backward
-        tracking.log_metrics({"params": model.count_params(), "train_gflop_per_image": flops / 1e9})
+        speed = speed_meter(model, where, len(train_split))
         train_ds, val_ds, weights = pipelines(settings, train_split, val_split, len(classes))
-        peak = machine.peak_gflops(where["precision"]) if where["gpu"] == "none" else None  # the bench's, for MFU
-        speed = EpochSpeed(len(train_split), flops, peak)
         callbacks, watch = make_callbacks(settings, out, best, state["history"], speed, trial)
-        log.info(
-            "training %s (%s parameters) for up to %d epochs on %d images; %s",
-            settings["model"]["name"], f"{model.count_params():,}", settings["epochs"], len(train_split),
-            ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]),
-        )  # fmt: skip
-        logging.getLogger("absl").addFilter(_DROP_HDF5_NOTICE)
+        log.info("training %s for up to %d epochs on %d images; %s", describe_model(model, settings), settings["epochs"],
+                 len(train_split), ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]))  # fmt: skip
+        logging.getLogger("absl").addFilter(DROP_HDF5_NOTICE)
         start = time.time()
         # shuffle=False: the tf.data pipeline shuffles, seeded
         model.fit(

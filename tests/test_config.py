@@ -69,7 +69,7 @@ def test_help_lists_groups_and_options():
 def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):
     import io
 
-    from fer_exp.train import fit_verbosity
+    from fer_exp.callbacks import fit_verbosity
 
     class Terminal(io.StringIO):
         def isatty(self):

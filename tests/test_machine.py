@@ -38,6 +38,10 @@ def test_precision_and_onednn_follow_the_cpu(monkeypatch, flags, auto, onednn):
     monkeypatch.setenv(machine.ONEDNN_ENV, "0")  # the user's choice wins
     machine.use_onednn("deep")
     assert machine.os.environ[machine.ONEDNN_ENV] == "0" and machine.describe("auto")["onednn"] == "off"
+    assert machine.onednn_env("on") == {machine.ONEDNN_ENV: "1"} and machine.onednn_env("off") == {
+        machine.ONEDNN_ENV: "0"
+    }
+    assert machine.onednn_env(None) == {}  # a run that recorded nothing: TensorFlow's default
 
 
 @pytest.mark.parametrize(
