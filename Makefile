@@ -66,9 +66,10 @@ lint: $(EXTRAS) ## ruff: lint and format check (`ruff format .` fixes the format
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two workers (xdist), a test file each at a time: the slow tests mostly wait on process start-up
+# Two workers (xdist), each running a group of tests (a file; tests/conftest.py lists the groups, the
+# slowest first) at a time: the slow tests mostly wait on process start-up
 test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
-	$(BIN)/python -m pytest -n 2 --dist loadfile
+	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 
 test-fast: $(EXTRAS) ## the tests that start no process (pytest -m "not slow"): the development loop
 	$(BIN)/python -m pytest -n 2 -m "not slow"

@@ -23,6 +23,11 @@ def conf_dir() -> Path:
     return source if (source / "config.yaml").is_file() else Path(str(resources.files("fer_exp") / "conf"))
 
 
+def model_names() -> list[str]:
+    """The architectures conf/model/ describes, one config each (fer_exp.models.MODELS builds them)."""
+    return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
+
+
 def is_choice(override: str) -> bool:
     """Whether a command-line override (`lr=1e-3`, `tracking.dir=x`, `+foo=1`) changes what is trained."""
     key = override.split("=", 1)[0].lstrip("+~")
@@ -71,6 +76,7 @@ def _whole(v) -> bool:
 # key: (is it acceptable, what it must be). Checked before any work starts (fer_exp.run), so that a
 # typo such as lr=abc fails at once, naming the key, not inside Keras after the data has loaded.
 CHECKS = {
+    "model.name": (lambda v: v in model_names(), f"one of {', '.join(model_names())} (the configs in conf/model/)"),
     "lr": (lambda v: _number(v) and v > 0, "a number > 0, e.g. lr=1e-3"),
     "batch_size": (lambda v: _whole(v) and v >= 1, "a whole number >= 1, e.g. batch_size=64"),
     "epochs": (lambda v: _whole(v) and v >= 1, "a whole number >= 1, e.g. epochs=30"),

@@ -11,7 +11,7 @@ import warnings
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from fer_exp import machine
 from fer_exp.config import ConfigError, conf_dir, validate
@@ -29,11 +29,14 @@ def main(cfg: DictConfig) -> float | None:
     """Train one job; returns the validation accuracy a sweeper optimises (NaN when it failed)."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    if not multirun:  # in a sweep, train() checks the values, so that the job is recorded FAILED and the others go on
+    if not multirun:  # in a sweep, train() checks these, so that the job is recorded FAILED and the others go on
         try:
             validate(cfg)  # before TensorFlow, MLflow or the data load: a typo fails in a second
         except ConfigError as e:
             log.error("%s", e)
+            sys.exit(2)
+        if problem := preflight(cfg):
+            log.error("%s", problem)
             sys.exit(2)
     if hc.runtime.choices.get("augment") == "seed":
         log.warning("augment=seed is now called augment=notebook (the old name read like the top-level seed=)")
@@ -71,6 +74,23 @@ def main(cfg: DictConfig) -> float | None:
         # The run is already marked FAILED; let the other jobs of the sweep go on.
         log.exception("job %s failed", run_name)
     return math.nan
+
+
+def preflight(cfg: DictConfig) -> str | None:
+    """What stops a single job before TensorFlow loads (~10 s of imports), or None: its data folder
+    or file is missing, or its tracking store refuses it or does not answer. train() checks the same."""
+    from fer_exp import tracking
+    from fer_exp.data import data_digests
+
+    settings = OmegaConf.to_container(cfg, resolve=True)
+    data, t = settings["data"], settings["tracking"]
+    try:
+        if data["format"] == "csv" or data.get("root") is not None:  # the default root may fall back to synthetic
+            data_digests(data)
+        tracking.configure(t["uri"], t["dir"], t["experiment"])
+    except (DataError, tracking.AccessError) as e:
+        return str(e)
+    return None
 
 
 if __name__ == "__main__":

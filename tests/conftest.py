@@ -62,22 +62,30 @@ def tiny_sweep(tmp_path_factory):
     return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", "debug=tiny")
 
 
-# The slowest files first (measured: each file's total in `pytest --junitxml`). `make test` gives each of
-# its two xdist workers a whole file at a time, in this order: a long file started last would leave
-# one worker finishing alone.
+# `make test` runs on two xdist workers (--dist loadgroup --no-loadscope-reorder): each group below goes
+# to one worker whole, and the groups start in this order, the slowest first (measured: their totals in
+# `pytest --junitxml`), so that no long group starts last and leaves one worker finishing alone. A
+# group is a test file, except that the tests of any file that read the session's tiny sweep form one
+# group "tiny_sweep": one worker makes that sweep, once.
 HEAVY_FIRST = [
     "test_server.py",
-    "test_reproduce.py",
-    "test_search.py",
     "test_sweeps.py",
+    "test_reproduce.py",
     "test_cluster.py",
+    "test_search.py",
+    "tiny_sweep",
     "test_runner.py",
-    "test_results.py",
-    "test_story.py",
     "test_ensemble.py",
+    "test_data.py",
 ]
+
+
+def xdist_group(item) -> str:
+    return "tiny_sweep" if "tiny_sweep" in item.fixturenames else item.path.name
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's own order is kept
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
+    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable: a file's own order is kept

@@ -28,6 +28,13 @@ def test_every_data_and_augment_config_composes(compose, data, augment):
     assert (aug is None) == (augment == "none")
 
 
+def test_the_model_configs_are_the_architectures_models_builds():
+    from fer_exp.config import model_names
+    from fer_exp.models import MODELS
+
+    assert model_names() == sorted(MODELS)
+
+
 @pytest.mark.parametrize("model", groups("model"))
 def test_every_model_config_builds(compose, model):
     from fer_exp.models import build_model
@@ -107,7 +114,13 @@ def test_cluster_launcher_configs_compose(launcher, expected):
 
 @pytest.mark.parametrize(
     "bad, key",
-    [("lr=abc", "lr="), ("epochs=-3", "epochs="), ("optimizer=adamm", "optimizer="), ("tta_views=11", "tta_views=")],
+    [
+        ("lr=abc", "lr="),
+        ("epochs=-3", "epochs="),
+        ("optimizer=adamm", "optimizer="),
+        ("tta_views=11", "tta_views="),
+        ("model.name=vgg99", "model.name="),
+    ],
 )
 def test_a_bad_value_fails_at_once_naming_the_key(compose, bad, key):
     from fer_exp.config import ConfigError, validate

@@ -1,13 +1,11 @@
 import logging
 import os
-import subprocess
-import sys
 
 import cv2
 import numpy as np
 import pytest
 from helpers.data import CLASSES, by_class, dirty_folders, write_csv, write_folders
-from helpers.runner import ROOT, user_env
+from helpers.runner import run_cli
 from omegaconf import OmegaConf
 
 from fer_exp import data
@@ -94,18 +92,11 @@ def test_missing_root_and_split_name_the_path_layout_and_override(tmp_path):
 
 
 def test_missing_root_on_the_command_line_is_a_message_not_a_traceback(tmp_path):
-    cmd = [
-        sys.executable,
-        "-m",
-        "fer_exp.run",
-        f"data.root={tmp_path / 'nowhere'}",
-        f"tracking.dir={tmp_path / 'mlruns'}",
-        f"hydra.run.dir={tmp_path / 'out'}",
-    ]
-    p = subprocess.run(cmd, cwd=ROOT, env=user_env(), capture_output=True, text=True)
-    assert p.returncode == 2
-    assert "data root not found" in p.stderr + p.stdout and "data.root=" in p.stderr + p.stdout
-    assert "Traceback" not in p.stderr + p.stdout
+    p = run_cli(tmp_path, f"data.root={tmp_path / 'nowhere'}", timeout=300, report_tensorflow=True)
+    out = p.stderr + p.stdout
+    assert p.returncode == 2 and "data root not found" in out and "data.root=" in out, out[-3000:]
+    assert "Traceback" not in out
+    assert p.stdout.splitlines()[-1] == "tensorflow imported: False"  # checked before its ~10 s of imports
 
 
 def test_split_missing_a_class_warns_and_keeps_label_ids(folders, caplog):

@@ -15,13 +15,14 @@ SEARCH = [
     "hparams_search=optuna",
     "debug=small",
     "pruner=median",
-    "lr=tag(log, interval(1e-7, 3e-4))",
     "model=shallow",
     "batch_size=16",
     "augment.rotation=0",
     "augment.shift=0",
     "augment.zoom=0",
+    "lr=tag(log, interval(1e-7, 3e-4))",
 ]
+HOPELESS = "lr=tag(log, interval(1e-7, 5e-7))"  # near chance after every epoch
 
 
 def test_optuna_is_current():
@@ -97,9 +98,16 @@ def search_trials(tmp_path):
     return optuna.load_study(study_name=name, storage=storage).trials
 
 
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    """(folder, finished process) of a 6-trial search, one trial at a time; the tests below read and resume it."""
+    tmp = tmp_path_factory.mktemp("search")
+    return tmp, run_cli(tmp, *SEARCH, "hydra.sweeper.n_trials=6")
+
+
 @slow
-def test_a_search_prunes_and_resume_continues_its_study(tmp_path):
-    p = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=6")
+def test_a_search_prunes_its_hopeless_trials_and_reports_every_epoch(search):
+    tmp_path, p = search
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = store(tmp_path)
     pruned = [r for r in jobs(runs) if r.data.tags.get("fer_exp.stop_reason") == "pruned"]
@@ -112,23 +120,20 @@ def test_a_search_prunes_and_resume_continues_its_study(tmp_path):
     assert [t.state.name for t in trials].count("PRUNED") == len(pruned) and len(trials) == 6
     assert all(len(t.intermediate_values) == 4 for t in trials if t.state.name == "COMPLETE")  # reported every epoch
 
-    again = run_cli(tmp_path, *SEARCH, "hydra.sweeper.n_trials=7", "resume=true")
-    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
-    assert "1 job(s), 0 not finished" in again.stdout and "6 trial(s) done before" in again.stdout + again.stderr
-    assert len(search_trials(tmp_path)) == 7 and len(jobs(store(tmp_path)[1])) == 7  # one study, one new trial
-
 
 @slow
-def test_a_parallel_search_prunes_across_processes(tmp_path):
-    p = run_cli(
-        tmp_path,
-        *SEARCH,
-        "hydra.sweeper.n_trials=8",
-        "hydra.sweeper.n_jobs=2",
-        "hydra/launcher=joblib",
-        "hydra.launcher.n_jobs=2",
-    )
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+def test_resume_continues_the_study_in_parallel_processes_that_prune_against_it(search):
+    """The search resumed with two more trials, in two joblib processes at once, on a narrowed range of
+    hopeless learning rates: both are pruned against the first six, which the jobs read from the study."""
+    tmp_path, first = search
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    parallel = ["hydra.sweeper.n_jobs=2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
+    again = run_cli(tmp_path, *SEARCH[:-1], HOPELESS, "hydra.sweeper.n_trials=8", *parallel, "resume=true")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert "2 job(s), 0 not finished" in again.stdout and "6 trial(s) done before" in again.stdout + again.stderr
+    trials = search_trials(tmp_path)  # one study: the first six and two new trials
+    assert len(trials) == 8 and [t.state.name for t in trials[6:]] == ["PRUNED", "PRUNED"]
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
     _, runs = store(tmp_path)
-    assert len(jobs(runs)) == 8 and any(r.data.tags.get("fer_exp.stop_reason") == "pruned" for r in jobs(runs))
-    assert len({t.state.name for t in search_trials(tmp_path)} - {"COMPLETE", "PRUNED"}) == 0
+    newest = sorted(jobs(runs), key=lambda r: r.info.start_time)[6:]
+    assert len(jobs(runs)) == 8 and all(r.data.tags["fer_exp.stop_reason"] == "pruned" for r in newest)

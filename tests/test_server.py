@@ -392,9 +392,10 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
 def test_a_job_started_while_the_server_is_away_fails_at_once_in_one_line(tmp_path):
     away = f"http://127.0.0.1:{free_port()}"
     start_ = time.monotonic()
-    p = run_cli(tmp_path, "debug=tiny", "tracking=server", f"tracking.uri={away}")
+    p = run_cli(tmp_path, "debug=tiny", "tracking=server", f"tracking.uri={away}", report_tensorflow=True)
     out = p.stdout + p.stderr
     assert p.returncode == 2 and f"the tracking server {away} does not answer: start it (make server)" in out, out[
         -3000:
     ]
     assert "Traceback" not in out and time.monotonic() - start_ < 90  # not MLflow's ~4 minutes of retries
+    assert p.stdout.splitlines()[-1] == "tensorflow imported: False"  # nor TensorFlow's ~10 s of imports

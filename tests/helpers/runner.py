@@ -76,8 +76,18 @@ def user_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
 
 
-def run_cli(tmp_path, *args, timeout=900, store=True):
-    """Run `python -m fer_exp.run ARGS` (see cli) to its end."""
-    return subprocess.run(
-        cli(tmp_path, *args, store=store), cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_env()
-    )
+# `python -m fer_exp.run`, and at its exit a line saying whether TensorFlow was imported
+REPORT_TENSORFLOW = (
+    "import atexit, runpy, sys; "
+    "atexit.register(lambda: print('tensorflow imported:', 'tensorflow' in sys.modules)); "
+    "runpy.run_module('fer_exp.run', run_name='__main__', alter_sys=True)"
+)
+
+
+def run_cli(tmp_path, *args, timeout=900, store=True, report_tensorflow=False):
+    """Run `python -m fer_exp.run ARGS` (see cli) to its end; report_tensorflow: its last line of
+    output says whether TensorFlow was imported."""
+    command = cli(tmp_path, *args, store=store)
+    if report_tensorflow:
+        command[1:3] = ["-c", REPORT_TENSORFLOW]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=user_env())
