@@ -7,8 +7,10 @@ EXTRAS := $(VENV)/.installed-extras
 # uv installs exactly what uv.lock pins (`make lock` refreshes it); it lives in its own small venv
 UV_VERSION := 0.13.9
 UV     := .tools/bin/uv
-# --inexact: the core install leaves the extras in place (a `make server` beside a running `make test`)
-UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --inexact --python $(PYTHON) --quiet
+# --inexact: the core install leaves the extras in place (a `make server` beside a running `make test`).
+# --compile-bytecode: every module's .pyc is written once, here. Without it, where PYTHONDONTWRITEBYTECODE
+# is set (as on our machines) every process compiles TensorFlow's, Keras's and MLflow's sources again.
+UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --inexact --compile-bytecode --python $(PYTHON) --quiet
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
 # The MLflow store that `make ui`, `make compare` and `make serve` read
