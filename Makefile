@@ -68,10 +68,10 @@ lint: $(EXTRAS) ## ruff: lint and format check (`ruff format .` fixes the format
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# Two workers (xdist), each running a group of tests (a file; tests/conftest.py lists the groups, the
-# slowest first) at a time: the slow tests mostly wait on process start-up
+# Two workers (xdist), each running a test file (or a group of files: tests/conftest.py) at a time,
+# the slowest first: the slow tests mostly wait on process start-up
 test: $(EXTRAS) ## run the test suite (offline; FER2013 parts skip without ../shared/fer2013)
-	$(BIN)/python -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 test-fast: $(EXTRAS) ## the tests that start no process (pytest -m "not slow"): the development loop
 	$(BIN)/python -m pytest -n 2 -m "not slow"

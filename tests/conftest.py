@@ -62,30 +62,43 @@ def tiny_sweep(tmp_path_factory):
     return tmp, run_cli(tmp, "-m", "model=deep,shallow", "lr=1e-4,1e-3", "debug=tiny")
 
 
-# `make test` runs on two xdist workers (--dist loadgroup --no-loadscope-reorder): each group below goes
-# to one worker whole, and the groups start in this order, the slowest first (measured: their totals in
+# `make test` runs on two xdist workers with --dist loadfile, by group: each worker runs a whole group
+# at a time, and the groups start in the order below, the slowest first (measured: their totals in
 # `pytest --junitxml`), so that no long group starts last and leaves one worker finishing alone. A
-# group is a test file, except that the tests of any file that read the session's tiny sweep form one
-# group "tiny_sweep": one worker makes that sweep, once.
+# group is a test file, except that the files that read the session's tiny sweep form one group, so
+# that one worker makes that sweep, once.
+TINY_SWEEP_FILES = ("test_runner.py", "test_results.py", "test_story.py")
 HEAVY_FIRST = [
     "test_server.py",
-    "test_sweeps.py",
     "test_reproduce.py",
+    "tiny_sweep",
+    "test_sweeps.py",
     "test_cluster.py",
     "test_search.py",
-    "tiny_sweep",
-    "test_runner.py",
     "test_ensemble.py",
     "test_data.py",
 ]
 
 
-def xdist_group(item) -> str:
-    return "tiny_sweep" if "tiny_sweep" in item.fixturenames else item.path.name
+def group(file_name: str) -> str:
+    return "tiny_sweep" if file_name in TINY_SWEEP_FILES else file_name
 
 
 def pytest_collection_modifyitems(items):
     rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(xdist_group(item)))
-    items.sort(key=lambda item: rank.get(xdist_group(item), len(rank)))  # stable: a file's own order is kept
+    items.sort(key=lambda item: rank.get(group(item.path.name), len(rank)))  # stable: a file's own order is kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """--dist loadfile by group (above), the groups in the collection's order."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group(Path(nodeid.split("::", 1)[0]).name)
+
+    config.option.loadscopereorder = False  # xdist would start the groups with the most tests first
+    return ByGroup(config, log)
