@@ -69,14 +69,14 @@ def tiny_sweep(tmp_path_factory):
 # that one worker makes that sweep, once.
 TINY_SWEEP_FILES = ("test_runner.py", "test_results.py", "test_story.py")
 HEAVY_FIRST = [
-    "test_server.py",
-    "test_reproduce.py",
     "tiny_sweep",
     "test_sweeps.py",
+    "test_server.py",
+    "test_reproduce.py",
     "test_cluster.py",
     "test_search.py",
     "test_ensemble.py",
-    "test_data.py",
+    "test_recipe.py",
 ]
 
 
