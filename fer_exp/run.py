@@ -77,7 +77,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 def preflight(cfg: DictConfig) -> str | None:
-    """What stops a single job before TensorFlow loads (~10 s of imports), or None: its data folder
+    """What stops a single job before TensorFlow loads (seconds of imports), or None: its data folder
     or file is missing, or its tracking store refuses it or does not answer. train() checks the same."""
     from fer_exp import tracking
     from fer_exp.data import data_digests
