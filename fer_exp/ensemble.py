@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import OmegaConf
 
-from fer_exp import cli, compare, tracking
+from fer_exp import cli, tracking
+from fer_exp.sweeps import results
 
 log = logging.getLogger("fer_exp.ensemble")
 DEFAULTS = {
@@ -56,7 +57,7 @@ def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
         for j in jobs
         if j["status"] == "FINISHED"
         and metric in j["metrics"]
-        and not compare.pruned(j)
+        and not results.pruned(j)
         and j["tags"].get(tracking.TAG_ROLE) == "job"
     ]
     if len(done) < 2:
@@ -125,7 +126,7 @@ def validation_split(member: dict):
 
 def build(members: list[dict], select: str) -> tuple:
     """(the ensemble model, its classes, the member ids it averages (with repeats), validation split, member config)."""
-    from fer_exp.evaluate import evaluate, load_model
+    from fer_exp.models import evaluate, load_model
 
     ids = [m["run_id"] for m in members]
     loaded = [load_model(f"runs:/{i}/model") for i in ids]
@@ -145,7 +146,7 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     """Build, evaluate and log the ensemble of `members` (best first) as a child run of the sweep,
     else as a run of the members' experiment; returns its record."""
     from fer_exp.config import config_hash
-    from fer_exp.report import report
+    from fer_exp.models import log_evaluation
 
     model, classes, picked, val, c = build(members, select)
     name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (
@@ -177,7 +178,7 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
         ) as run_id,
     ):
         model.save(Path(tmp) / "model.h5")
-        ev = report(model, Path(tmp) / "model.h5", val, classes, tta, name)
+        ev = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name)
         best = members[0]["metrics"][metric]
         tracking.log_metrics(
             {
@@ -213,12 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                 named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric),
             )
         else:
-            parent = compare.find_sweep(args.experiment, args.sweep)["run_id"]
+            parent = results.find_sweep(args.experiment, args.sweep)["run_id"]
             members = top_members(tracking.sweep_jobs(parent), args.metric, int(args.top_k))
         run = log_ensemble(
             members, parent, args.metric, args.select, int(args.top_k) if parent else len(members), int(args.tta)
         )
-    except (compare.CompareError, EnsembleError, tracking.TrackingError) as e:
+    except (results.CompareError, EnsembleError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     m = run["metrics"]

@@ -1,4 +1,5 @@
-"""Measure a model: test-time-augmented probabilities, accuracy, a per-class report, a confusion matrix.
+"""Measure a model on a folder of faces: single-view and test-time-augmented accuracy, a per-class report,
+a confusion matrix and every face's probabilities.
 
     python -m fer_exp.evaluate model=<runs:/RUN_ID/model | models:/NAME@ALIAS | path/to/model.h5> \
         data_dir=<folder> [tta=10] [out_dir=...] [tracking_dir=mlruns | tracking_uri=http://...]
@@ -6,7 +7,7 @@
 data_dir holds class subfolders (<data_dir>/<class>/*.jpg: accuracy is reported) or
 just images (predictions only). Prints single-view and TTA accuracy and a per-class
 report; writes confusion_matrix.png and predictions.csv (TTA probabilities) to out_dir.
-The class names come with the model (see models.read_classes).
+The class names come with the model (see fer_exp.models.saved).
 """
 
 from __future__ import annotations
@@ -15,103 +16,15 @@ import csv
 import logging
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from fer_exp import cli
 from fer_exp.data import DataError, Split, decode_files, load_folder_split
+from fer_exp.models import evaluate, load_model
 
 log = logging.getLogger("fer_exp.evaluate")
-
-
-# --- test-time augmentation ------------------------------------------------------
-
-
-def make_views(images: np.ndarray, n_views: int, shift: int = 3) -> list[np.ndarray]:
-    """Up to 10 views of (N, H, W) images: the original and shifted crops, each also flipped.
-
-    Order: original, flip, then for each corner offset (+-shift, +-shift) the crop and its flip.
-    """
-    if not 1 <= n_views <= 10:
-        raise ValueError(f"tta views must be 1..10, got {n_views}")
-    h, w = images.shape[1:3]
-    padded = np.pad(images, ((0, 0), (shift, shift), (shift, shift)), mode="edge")
-    views = []
-    for dy, dx in ((0, 0), (-shift, -shift), (-shift, shift), (shift, -shift), (shift, shift)):
-        crop = padded[:, shift + dy : shift + dy + h, shift + dx : shift + dx + w]
-        views += [crop, crop[:, :, ::-1]]
-    return views[:n_views]
-
-
-def view_probabilities(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
-    """Class probabilities (n_views, N, classes) for each view of uint8 (N, H, W) images.
-
-    One predict call over all views (each call has a fixed set-up cost); views are scaled per batch.
-    """
-    import tensorflow as tf
-
-    from fer_exp.pipeline import to_inputs
-
-    views = np.concatenate(make_views(images, n_views))
-    ds = tf.data.Dataset.from_tensor_slices(views).batch(batch_size).map(to_inputs)
-    probs = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
-    return probs.reshape(n_views, len(images), -1)
-
-
-# --- the one evaluation -------------------------------------------------------------
-
-
-@dataclass
-class Evaluation:
-    single: np.ndarray  # (N, classes) probabilities of the plain view
-    probs: np.ndarray  # (N, classes) probabilities averaged over the TTA views
-    accuracy: float | None = None  # single view; None without labels
-    tta_accuracy: float | None = None
-    report: dict | None = None  # sklearn's classification_report (single view)
-    text: str = ""  # the same report as text
-    confusion: np.ndarray | None = None  # (classes, classes), single view
-
-
-def evaluate(
-    model, images: np.ndarray, labels: np.ndarray | None, classes: list[str], tta_views: int = 1, batch_size: int = 256
-) -> Evaluation:
-    """Predict uint8 (N, H, W) images single view and with `tta_views` views; score them when labels are given."""
-    from sklearn.metrics import classification_report, confusion_matrix
-
-    views = view_probabilities(model, images, tta_views, batch_size)
-    ev = Evaluation(single=views[0], probs=views.mean(axis=0))
-    if labels is None:
-        return ev
-    ids, pred = list(range(len(classes))), ev.single.argmax(axis=1)
-    ev.report = classification_report(labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
-    ev.text = classification_report(labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
-    ev.accuracy = float((pred == labels).mean())
-    ev.tta_accuracy = float((ev.probs.argmax(axis=1) == labels).mean())
-    ev.confusion = confusion_matrix(labels, pred, labels=ids)
-    return ev
-
-
-def load_model(uri: str, tracking_uri: str | None = None, tracking_dir: str | Path = "mlruns"):
-    """(Keras model, its class names) from a file (.h5, .keras) or an MLflow URI (runs:/..., models:/...)."""
-    import keras
-
-    from fer_exp import models, tracking
-
-    if "://" not in uri and ":/" not in uri:
-        if not Path(uri).exists():
-            raise FileNotFoundError(
-                f"model file not found: {Path(uri).resolve()} (model=path/to/model.h5 or runs:/RUN_ID/model)"
-            )
-        model, classes = keras.models.load_model(uri, compile=False), models.read_classes(uri)
-    else:
-        model, metadata = tracking.load_logged_model(uri, tracking.resolve_uri(tracking_uri, tracking_dir))
-        classes = metadata.get(models.CLASSES_KEY)
-    return model, models.classes_for(model, classes, uri)
-
-
-# --- the command line ------------------------------------------------------------------
 
 
 def read_folder(data_dir: str | Path, classes: list[str], size: int) -> tuple[Split, bool]:

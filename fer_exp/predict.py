@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from fer_exp.faces import DETECTORS, LANDMARKS, Face, make_detector
+from fer_exp.data import DETECTORS, LANDMARKS, Face, make_detector
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
 SAMPLES_PER_SECOND = 5  # --every's default: about this many analysed frames per second of video
@@ -42,7 +42,7 @@ class Predictor:
 
     def __call__(self, bgr: np.ndarray) -> list[dict]:
         """One dict per face: box, label, confidence, probs, and the detector's Face."""
-        from fer_exp.pipeline import to_inputs
+        from fer_exp.data import to_inputs
 
         gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
         if self.detector is None:
@@ -229,7 +229,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
-    from fer_exp.evaluate import load_model
+    from fer_exp.models import load_model
 
     try:
         model, classes = load_model(args.model, args.tracking_uri, args.tracking_dir)

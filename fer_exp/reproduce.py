@@ -27,8 +27,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fer_exp import differences, machine, provenance, tracking
+from fer_exp import differences, tracking
 from fer_exp.data import DataError
+from fer_exp.tracking import provenance
+from fer_exp.training import machine
 
 log = logging.getLogger("fer_exp.reproduce")
 METRIC = tracking.METRIC  # what "within noise" is judged on
@@ -137,7 +139,7 @@ def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
         ok = subprocess.run(command, env={**os.environ, **env}).returncode == 0
     else:
         os.environ.update(env)  # before TensorFlow loads (oneDNN); MLflow's start_run continues MLFLOW_RUN_ID
-        from fer_exp.train import train
+        from fer_exp.training.job import train
 
         cfg = OmegaConf.create(job.config)
         cfg.tracking.uri, cfg.tracking.experiment, cfg.resume = uri, experiment, False

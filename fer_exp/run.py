@@ -13,10 +13,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from fer_exp import machine
 from fer_exp.config import ConfigError, conf_dir, validate
 from fer_exp.config import run_name as name_of
 from fer_exp.data import REMOTE_ENV, DataError
+from fer_exp.training import machine
 
 # conf/hydra/launcher/ray.yaml extends hydra-ray-launcher's schema of the same name on purpose.
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore schema")
@@ -42,10 +42,10 @@ def main(cfg: DictConfig) -> float | None:
         log.warning("augment=seed is now called augment=notebook (the old name read like the top-level seed=)")
     machine.use_onednn(cfg.model.name)  # before TensorFlow loads
     machine.use_threads(cfg.threads)
-    from fer_exp import sweep  # TensorFlow and MLflow load for a job, not for --help
-    from fer_exp.callbacks import install_signal_handlers, raise_if_signalled
+    from fer_exp.sweeps import lifecycle  # TensorFlow and MLflow load for a job, not for --help
     from fer_exp.tracking import AccessError
-    from fer_exp.train import train
+    from fer_exp.training.callbacks import install_signal_handlers, raise_if_signalled
+    from fer_exp.training.job import train
 
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
     install_signal_handlers()
@@ -61,7 +61,7 @@ def main(cfg: DictConfig) -> float | None:
     except KeyboardInterrupt:
         log.error("job %s interrupted; re-run the same command with resume=true to continue", run_name)
         if not os.environ.get(REMOTE_ENV):  # on a cluster worker only this job stops; the driver ends the sweep
-            sweep.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
+            lifecycle.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
     except (DataError, AccessError) as e:
         # A user error: the message says what to fix; a traceback would only hide it.

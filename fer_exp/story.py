@@ -18,9 +18,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from fer_exp import cli, compare, story_page, tracking
+from fer_exp import cli, story_page, tracking
 from fer_exp.config import choices
 from fer_exp.story_page import Section, Story
+from fer_exp.sweeps import results
 
 DEFAULTS = {
     "experiment": "fer_exp",
@@ -34,7 +35,7 @@ MIN_IMPORTANCE_RUNS = 10  # fewer comparable runs than this: a main-effects tabl
 
 
 def score(job: dict, metric: str) -> float | None:
-    if job["status"] != "FINISHED" or compare.pruned(job):
+    if job["status"] != "FINISHED" or results.pruned(job):
         return None
     return job["metrics"].get(metric)
 
@@ -142,7 +143,7 @@ def build(records: list[dict], experiment: str, metric: str) -> Story:
         parent = parents.get(key)
         title = f"{parent['name']} (sweep {key})" if parent else f"run {members[0]['name']} ({key})"
         command = (parent or members[0])["tags"].get(tracking.TAG_COMMAND, "")
-        rows = compare.job_rows(members, metric)
+        rows = results.job_rows(members, metric)
         section = Section(title, parent, members, command, rows, before=best_so_far, effects=main_effects(rows))
         finished = [r for r in rows if r["value"] is not None and r["status"] == "FINISHED"]
         section.best = finished[0] if finished else None

@@ -23,7 +23,7 @@ class Section:
     parent: dict | None
     jobs: list[dict]
     command: str = ""
-    rows: list[dict] = field(default_factory=list)  # compare.job_rows: best first, the settings that differ
+    rows: list[dict] = field(default_factory=list)  # results.job_rows: best first, the settings that differ
     best: dict | None = None  # its best row
     before: float | None = None  # the best score of every job launched before this section
     effects: dict[str, dict[str, tuple[float, int]]] = field(default_factory=dict)  # param -> value -> (mean, n)

@@ -23,7 +23,7 @@ DEFAULTS = {"spool": "mlruns/spool", "tracking_uri": None}
 def main(argv: list[str] | None = None) -> int:
     args = cli.parse(argv, DEFAULTS, __doc__)
     from fer_exp import tracking
-    from fer_exp.outbox import RUN
+    from fer_exp.tracking.outbox import RUN
 
     root = Path(args.spool)
     folders = [root] if (root / RUN).exists() else sorted(p.parent for p in root.glob(f"*/{RUN}"))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fer_exp.augment import RandomAffine, build_augmenter
+from fer_exp.data import RandomAffine, build_augmenter
 
 
 def faces(n=16):

@@ -22,7 +22,7 @@ def test_defaults_reproduce_the_notebook(compose):
 def test_every_data_and_augment_config_composes(compose, data, augment):
     cfg = compose([f"data={data}", f"augment={augment}"])
     assert len(cfg.data.classes) == 7 and cfg.data.image_size == 48
-    from fer_exp.augment import build_augmenter
+    from fer_exp.data import build_augmenter
 
     aug = build_augmenter(**cfg.augment)
     assert (aug is None) == (augment == "none")
@@ -76,7 +76,7 @@ def test_help_lists_groups_and_options():
 def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):
     import io
 
-    from fer_exp.callbacks import fit_verbosity
+    from fer_exp.training.callbacks import fit_verbosity
 
     class Terminal(io.StringIO):
         def isatty(self):

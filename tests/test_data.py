@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 
 from fer_exp import data
 from fer_exp.data import DataError, load_data, load_folder_split
+from fer_exp.data import folders as folders_module
 
 
 def data_cfg(compose, *overrides):
@@ -140,9 +141,9 @@ def test_cache_is_used_and_invalidated_by_changed_added_removed_files(folders, t
     cache = tmp_path / "cache"
     first = load_folder_split(folders, "train", CLASSES, cache_dir=str(cache))
     assert len(list(cache.glob("*.npz"))) == 1
-    real_decode = data.decode_files
+    real_decode = folders_module.decode_files
     calls = []
-    monkeypatch.setattr(data, "decode_files", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
+    monkeypatch.setattr(folders_module, "decode_files", lambda *a, **k: calls.append(1) or real_decode(*a, **k))
     again = load_folder_split(folders, "train", CLASSES, cache_dir=str(cache))
     assert calls == [] and np.array_equal(again.images, first.images) and again.sources == first.sources
 

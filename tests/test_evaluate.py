@@ -20,7 +20,7 @@ def trained(tmp_path_factory):
     from helpers.runner import CONF
     from hydra import compose, initialize_config_dir
 
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     tmp = tmp_path_factory.mktemp("trained")
     write_folders(tmp / "fer", per_class=4, classes=THREE)

@@ -8,7 +8,7 @@ import mlflow
 import pytest
 from hydra import compose, initialize_config_dir
 
-from fer_exp import machine
+from fer_exp.training import machine
 
 A100 = ("NVIDIA A100-SXM4-40GB", (8, 0))
 P100 = ("Tesla P100-PCIE-16GB", (6, 0))
@@ -78,7 +78,7 @@ def test_gpus_lists_what_tensorflow_sees(monkeypatch, tmp_path):
 def test_a_run_on_a_gpu_trains_in_mixed_float16_and_records_the_gpu(tmp_path, compose, monkeypatch):
     """precision=auto with a (faked) A100 in the device list: the run trains in mixed_float16 (Keras
     scales the loss; it runs on the CPU here too) and its machine tags name the GPU."""
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     monkeypatch.setattr(machine, "gpus", lambda: [A100])
     cfg = compose(["debug=tiny", "model=shallow", "precision=auto", f"tracking.dir={tmp_path / 'mlruns'}"])
@@ -133,7 +133,7 @@ def test_peak_comes_from_this_cpus_bench_file(tmp_path, monkeypatch):
 
 
 def test_every_epoch_logs_its_speed_and_its_mfu_where_the_peak_is_known(tmp_path, compose, monkeypatch):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     monkeypatch.setattr(machine, "BENCH_RESULTS", tmp_path / "bench")
     machine.bench_file().parent.mkdir()

@@ -9,8 +9,8 @@ import pytest
 from helpers.data import CLASSES
 from helpers.runner import SHARED_FER
 
-from fer_exp import faces, predict
-from fer_exp.synthetic import make_faces
+from fer_exp import predict
+from fer_exp.data import faces, make_faces
 
 needs_fer = pytest.mark.skipif(not SHARED_FER.is_dir(), reason="needs ../shared/fer2013")
 

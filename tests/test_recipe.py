@@ -5,7 +5,7 @@ import mlflow
 import numpy as np
 import pytest
 
-from fer_exp.evaluate import evaluate, make_views
+from fer_exp.models.evaluation import evaluate, make_views
 
 
 def test_tta_views_are_flips_and_shifted_crops():
@@ -52,7 +52,7 @@ def test_vgg_size_and_bf16_policy():
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    from fer_exp.train import make_lr
+    from fer_exp.training.job import make_lr
 
     c = {"lr_schedule": "cosine", "lr": 1e-2, "warmup_epochs": 1, "epochs": 5}
     lr = make_lr(c, steps_per_epoch=10)
@@ -65,7 +65,7 @@ def test_cosine_schedule_warms_up_then_decays():
 
 
 def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     cfg = compose(
         [
@@ -87,7 +87,7 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     assert len(lrs) == 2 and lrs[1] < lrs[0]  # cosine decay, logged per epoch
     assert run.data.tags["fer_exp.kept_weights"] == "last epoch 2 (EMA)"
     # precision=auto, and the machine it chose it for, are recorded
-    from fer_exp import machine
+    from fer_exp.training import machine
 
     assert cfg.precision == "auto" and run.data.params["precision"] == "auto"
     assert run.data.tags["fer_exp.machine.precision"] == machine.precision("auto") in ("float32", "mixed_bfloat16")
@@ -97,7 +97,7 @@ def test_recipe_trains_end_to_end_and_reports_tta(tmp_path, compose):
     )
     # best_val_accuracy scores the weights kept in model.h5 (the final EMA weights), not a per-epoch value
     from fer_exp.data import synthetic_split
-    from fer_exp.evaluate import evaluate
+    from fer_exp.models import evaluate
 
     kept = keras.models.load_model(tmp_path / "out" / "model.h5", compile=False)
     val = synthetic_split(2, list(cfg.data.classes), 48, seed=cfg.seed + 1)

@@ -9,10 +9,10 @@ import pytest
 from helpers.data import write_folders
 from helpers.runner import ROOT, store, user_env
 
-from fer_exp import provenance
 from fer_exp.data import data_digests, load_data
 from fer_exp.differences import first_divergence, seed_tolerance
 from fer_exp.reproduce import job_overrides
+from fer_exp.tracking import provenance
 
 slow = pytest.mark.slow
 GIT = ["git", "-c", "user.name=fer_exp tests", "-c", "user.email=tests@fer-exp.invalid"]

@@ -15,7 +15,8 @@ from helpers.runner import ROOT
 from mlflow.tracking import MlflowClient
 
 from fer_exp import compare, tracking
-from fer_exp.evaluate import load_model
+from fer_exp.models import load_model
+from fer_exp.sweeps import results
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -74,7 +75,7 @@ def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
     )
     for step, acc in enumerate([0.2, 0.5, 0.4]):
         client.log_metric(running.info.run_id, "val_accuracy", acc, step=step)
-    rows = compare.job_rows(tracking.sweep_jobs(parent, "val_accuracy"), "best_val_accuracy")
+    rows = results.job_rows(tracking.sweep_jobs(parent, "val_accuracy"), "best_val_accuracy")
     assert [(r["label"], r["status"], r["value"], r["best_epoch"]) for r in rows] == [
         ("lr=0.001", "RUNNING", 0.5, "2/3"),
         ("lr=0.01", "FINISHED", 0.30, "-"),
@@ -89,8 +90,8 @@ def test_compare_errors_are_clear(tmp_path):
     exp = tracking.configure(None, tmp_path / "mlruns")
     run = MlflowClient().create_run(exp).info.run_id
     assert compare.main([f"tracking_dir={tmp_path / 'mlruns'}"]) == 2  # no sweep yet
-    with pytest.raises(compare.CompareError, match="not a sweep"):
-        compare.find_sweep("fer_exp", run)
+    with pytest.raises(results.CompareError, match="not a sweep"):
+        results.find_sweep("fer_exp", run)
 
 
 @pytest.mark.slow
@@ -219,8 +220,8 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
 
 
 def test_overrides_come_from_the_tag_or_the_run_name():
-    assert compare.parse_overrides("model=deep lr=0.001") == {"model": "deep", "lr": "0.001"}
-    assert compare.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {
+    assert results.parse_overrides("model=deep lr=0.001") == {"model": "deep", "lr": "0.001"}
+    assert results.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {
         "model": "deep",
         "lr": "0.001",
         "model.filters": "[8,16]",

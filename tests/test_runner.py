@@ -2,6 +2,7 @@
 
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -91,7 +92,7 @@ def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
 
 
 def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, compose):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     root = dirty_folders(tmp_path / "fer")
     cfg = compose(
@@ -117,7 +118,7 @@ def test_dirty_folder_trains_and_the_run_records_what_was_skipped(tmp_path, comp
 
 
 def test_the_same_run_trains_from_a_csv(tmp_path, compose):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     written = write_folders(tmp_path / "fer", per_class=2)
     write_csv(tmp_path / "fer2013.csv", {"Training": written["train"], "PublicTest": written["validation"]})
@@ -139,9 +140,9 @@ def test_the_same_run_trains_from_a_csv(tmp_path, compose):
 
 
 def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, caplog):
-    from fer_exp import data
+    from fer_exp.data import sources
 
-    monkeypatch.setattr(data, "DEFAULT_ROOT", data.Path("/nonexistent/fer2013"))
+    monkeypatch.setattr(sources, "DEFAULT_ROOT", sources.Path("/nonexistent/fer2013"))
     cfg = {
         "format": "folders",
         "root": None,
@@ -150,22 +151,22 @@ def test_without_shared_data_the_default_falls_back_to_synthetic(monkeypatch, ca
         "name": "fer2013",
         "register_as": "fer",
     }
-    used = data.with_fallback(cfg)
+    used = sources.with_fallback(cfg)
     assert used["register_as"] == "fer-synthetic"  # toy data never becomes the fer champion
-    splits, source = data.load_data(used)
+    splits, source = sources.load_data(used)
     assert (
         source == "synthetic" and len(splits["train"]) == 2 * 300 and "using the built-in synthetic set" in caplog.text
     )
-    with pytest.raises(data.DataError, match="data root not found"):
-        data.load_data({**cfg, "root": "/nonexistent/fer2013"})  # an explicit root must exist
+    with pytest.raises(sources.DataError, match="data root not found"):
+        sources.load_data({**cfg, "root": "/nonexistent/fer2013"})  # an explicit root must exist
     # on a cluster worker: no fallback, an error that names the node
-    monkeypatch.setenv(data.REMOTE_ENV, "ray")
-    assert data.with_fallback(cfg) is cfg
+    monkeypatch.setenv(sources.REMOTE_ENV, "ray")
+    assert sources.with_fallback(cfg) is cfg
     with pytest.raises(
-        data.DataError,
-        match=f"(?s)nonexistent/fer2013 on {re.escape(data.socket.gethostname())}.*ray worker.*every node needs the data",
+        sources.DataError,
+        match=f"(?s)nonexistent/fer2013 on {re.escape(socket.gethostname())}.*ray worker.*every node needs the data",
     ):
-        data.load_data(cfg)
+        sources.load_data(cfg)
 
 
 @slow

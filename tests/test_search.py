@@ -6,7 +6,7 @@ import optuna
 import pytest
 from helpers.runner import jobs, run_cli, store
 
-from fer_exp import compare
+from fer_exp.sweeps import results
 
 slow = pytest.mark.slow
 # a search over the learning rate alone (the command line fixes what hparams_search=optuna also searches)
@@ -61,7 +61,7 @@ def test_pruned_jobs_are_listed_apart_after_the_others():
             "history": [],
         }
 
-    rows = compare.job_rows(
+    rows = results.job_rows(
         [job("a", 0.5, "pruned"), job("b", 0.3, "epochs"), job("c", 0.4, "epochs")], "best_val_accuracy"
     )
     assert [(r["label"], r["status"]) for r in rows] == [("lr=c", "FINISHED"), ("lr=b", "FINISHED"), ("lr=a", "PRUNED")]

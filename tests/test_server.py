@@ -19,7 +19,7 @@ import pytest
 from helpers.processes import free_port, start, stop, wait_http
 from helpers.runner import ROOT, cli, run_cli, user_env
 
-from fer_exp.outbox import CALLS, RUN, Outbox, read_calls, unpack
+from fer_exp.tracking.outbox import CALLS, RUN, Outbox, read_calls, unpack
 
 # --- the outbox, on a fake server -------------------------------------------------------
 

@@ -24,7 +24,7 @@ def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
 
 
 def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     cfg = compose(
         [
@@ -43,7 +43,7 @@ def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):
 
 
 def test_same_seed_gives_identical_metric_histories(tmp_path, compose):
-    from fer_exp.train import train
+    from fer_exp.training.job import train
 
     cfg = compose(
         [
@@ -169,7 +169,8 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     """A worker killed mid-job never ends its run: the sweep's end does, FAILED with the reason."""
     from mlflow.tracking import MlflowClient
 
-    from fer_exp import sweep, tracking
+    from fer_exp import tracking
+    from fer_exp.sweeps import lifecycle
 
     exp = tracking.configure(None, tmp_path / "mlruns")
     client = MlflowClient()
@@ -179,10 +180,10 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     client.set_terminated(done)
     lost = client.create_run(exp, tags={"mlflow.parentRunId": parent}).info.run_id
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
-    sweep.end_abandoned_sweep()  # as at exit after the launcher raised
+    lifecycle.end_abandoned_sweep()  # as at exit after the launcher raised
     assert client.get_run(lost).info.status == "FAILED" and client.get_run(lost).data.tags["fer_exp.error"].startswith(
         "lost"
     )
     assert client.get_run(done).info.status == "FINISHED" and client.get_run(parent).info.status == "FAILED"
     assert "2 job(s), 1 not finished" in capsys.readouterr().out
-    sweep.end_abandoned_sweep()  # nothing left to end: a no-op
+    lifecycle.end_abandoned_sweep()  # nothing left to end: a no-op

@@ -20,8 +20,8 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fer_exp.outbox import RUN, Outbox, answers, read_calls, unpack, write_calls
 from fer_exp.tracking.names import LOST, TAG_ERROR
+from fer_exp.tracking.outbox import RUN, Outbox, answers, read_calls, unpack, write_calls
 from fer_exp.tracking.queries import get_record
 from fer_exp.tracking.store import connect, retries
 

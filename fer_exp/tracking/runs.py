@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from fer_exp import provenance
-from fer_exp.tracking import outage
+from fer_exp.tracking import outage, provenance
 from fer_exp.tracking.names import (
     PARENT_ENV,
     PATCH,

@@ -16,8 +16,8 @@ import mlflow
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from fer_exp.outbox import answers
 from fer_exp.tracking.names import UI, VIEW_TAG
+from fer_exp.tracking.outbox import answers
 
 TrackingError = MlflowException  # what a failed call to the store or server raises (CLIs report it)
 

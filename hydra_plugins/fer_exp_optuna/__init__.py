@@ -1,5 +1,5 @@
 """`hparams_search=optuna` (conf/hydra/sweeper/optuna.yaml): an Optuna search as a Hydra sweeper, on
-current Optuna, whose trials are pruned inside the jobs (fer_exp.search).
+current Optuna, whose trials are pruned inside the jobs (fer_exp.sweeps).
 
 hydra-optuna-sweeper 1.3 pins optuna<3 and never lets a trial reach its job (hydra issue #1954),
 so nothing can be pruned there. This sweeper keeps its YAML search space (hydra.sweeper.params:
@@ -89,9 +89,9 @@ class OptunaSweeper(Sweeper):
 
     def open_study(self) -> optuna.Study:
         """A new study `<study_name> <time>`, or with resume=true the newest of that name."""
-        from fer_exp import search
+        from fer_exp.sweeps.study import announce, storage_url
 
-        storage = search.storage_url(OmegaConf.to_container(self.config.tracking, resolve=True))
+        storage = storage_url(OmegaConf.to_container(self.config.tracking, resolve=True))
         name = f"{self.study_name} {time.strftime('%Y-%m-%d %H:%M:%S')}"
         if self.config.resume:
             earlier = sorted(
@@ -103,7 +103,7 @@ class OptunaSweeper(Sweeper):
         study = optuna.create_study(
             study_name=name, storage=storage, sampler=self.sampler, direction=self.direction, load_if_exists=True
         )
-        search.announce(storage, name)
+        announce(storage, name)
         lost = [
             t
             for t in study.get_trials(deepcopy=False)
@@ -122,7 +122,7 @@ class OptunaSweeper(Sweeper):
         return study
 
     def sweep(self, arguments: list[str]) -> Sequence:
-        from fer_exp import search
+        from fer_exp.sweeps.study import end_lost_trials
 
         space, fixed = search_space([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         study = self.open_study()
@@ -134,7 +134,7 @@ class OptunaSweeper(Sweeper):
             ]
             returns += self.launcher.launch(overrides, initial_job_idx=self.job_idx)
             self.job_idx += len(trials)
-            search.end_lost_trials(study, [t.number for t in trials])
+            end_lost_trials(study, [t.number for t in trials])
             if all(study.trials[t.number].state == TrialState.FAIL for t in trials):
                 log.error("every trial of the last batch failed; stopping the search (see the sweep summary)")
                 break

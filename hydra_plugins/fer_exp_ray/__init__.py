@@ -45,7 +45,7 @@ class FaultTolerantRayLauncher(Launcher):
         import ray
 
         from fer_exp.data import REMOTE_ENV
-        from fer_exp.search import STUDY_ENV
+        from fer_exp.sweeps.study import STUDY_ENV
         from fer_exp.tracking import PARENT_ENV, PASSWORD, USER
         from hydra_plugins.hydra_ray_launcher._launcher_util import launch_job_on_ray, start_ray
 

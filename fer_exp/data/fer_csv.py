@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from fer_exp.decode import to_gray
-from fer_exp.splits import DataError, Split, cache_path, files_digest, read_cache, write_cache
+from fer_exp.data.decode import to_gray
+from fer_exp.data.split import DataError, Split, cache_path, files_digest, read_cache, write_cache
 
 CSV_USAGES = ("Training", "PublicTest", "PrivateTest")
 

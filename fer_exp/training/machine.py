@@ -32,7 +32,7 @@ FLOAT16_CAPABILITY = (7, 0)
 # Where Linux's NVIDIA driver shows itself once loaded; TensorFlow's CUDA build needs it for any GPU
 NVIDIA_DRIVER = Path("/proc/driver/nvidia")
 # `make bench` writes its figures here, one file per CPU model and flags (bench_file)
-BENCH_RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+BENCH_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 @lru_cache(maxsize=1)

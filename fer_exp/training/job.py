@@ -13,9 +13,13 @@ import keras
 import tensorflow as tf
 from omegaconf import DictConfig, OmegaConf
 
-from fer_exp import machine, search, tracking
-from fer_exp.augment import build_augmenter
-from fer_exp.callbacks import (
+from fer_exp import tracking
+from fer_exp.config import config_hash, flatten, validate
+from fer_exp.data import Split, build_augmenter, class_weights, count_table, load_data, make_dataset, with_fallback
+from fer_exp.models import build_model, log_evaluation
+from fer_exp.sweeps.trial import tell_reused, trial_for
+from fer_exp.training import machine
+from fer_exp.training.callbacks import (
     DROP_HDF5_NOTICE,
     EpochCheckpoint,
     EpochLogger,
@@ -25,11 +29,6 @@ from fer_exp.callbacks import (
     fit_verbosity,
     speed_meter,
 )
-from fer_exp.config import config_hash, flatten, validate
-from fer_exp.data import Split, class_weights, count_table, load_data, with_fallback
-from fer_exp.models import build_model
-from fer_exp.pipeline import make_dataset
-from fer_exp.report import report as log_report
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ class Watch:
     budget: TimeBudget
     checkpoint: EpochCheckpoint
     stopper: keras.callbacks.EarlyStopping | None = None
-    trial: Any = None  # search.trial_for's reporter (ReportToTrial), in a pruned sweep or a search
+    trial: Any = None  # trial_for's reporter (ReportToTrial), in a pruned sweep or a search
 
     def stop_reason(self) -> str:
         if self.trial and self.trial.pruned_at:
@@ -143,7 +142,7 @@ def report(
     """Evaluate the kept model on validation and log it with its curves, confusion matrix and report."""
     # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
     kept = model if settings["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
-    ev = log_report(kept, model_file, val, classes, settings["tta_views"], run_name, history)
+    ev = log_evaluation(kept, model_file, val, classes, settings["tta_views"], run_name, history)
     log.info(
         "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s",
         ev.accuracy,
@@ -159,7 +158,7 @@ def reuse(settings: dict, finished: dict, run_name: str) -> dict:
     """resume=true and this config already FINISHED: note it on the sweep (and the search's study), train nothing."""
     log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished["run_id"])
     tracking.note_reused(finished["run_id"])
-    search.tell_reused(settings, finished["metrics"].get("best_val_accuracy"))
+    tell_reused(settings, finished["metrics"].get("best_val_accuracy"))
     return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
 
 
@@ -227,7 +226,7 @@ def train(
         tracking.start_run(
             run_name, chash, flatten(settings), OmegaConf.to_yaml(settings), tags, spool=spool
         ) as run_id,
-        search.trial_for(settings) as trial,
+        trial_for(settings) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
         splits, source = load_data(settings["data"], seed=settings["seed"])

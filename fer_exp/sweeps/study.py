@@ -1,30 +1,21 @@
 """Optuna studies for sweeps: one study per search (or per pruned grid sweep) in a database beside the
 MLflow store, one trial per job, reported every epoch, pruned by Optuna's own pruners.
 
-The driver (the Optuna sweeper in hydra_plugins/fer_exp_optuna, or sweep.SweepRun for a grid sweep
-with a pruner) opens the study and names it in the environment (STUDY_ENV); each job attaches to it
-(trial_for): its own trial in a grid sweep, the trial the sweeper asked for (config key `trial`) in
-a search. The job reports val accuracy after every epoch (callbacks.ReportToTrial), stops after the
-epoch a pruner rejects and tells the study how it ended.
+The driver's side: the Optuna sweeper in hydra_plugins/fer_exp_optuna, or lifecycle.SweepRun for a grid
+sweep with a pruner, opens the study and names it in the environment (STUDY_ENV); each job attaches to it
+(trial.trial_for): its own trial in a grid sweep, the trial the sweeper asked for (config key `trial`) in
+a search.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import optuna
-
-from fer_exp import tracking
-
-if TYPE_CHECKING:
-    from fer_exp.callbacks import ReportToTrial
 
 log = logging.getLogger(__name__)
 STUDY_ENV = "FER_EXP_STUDY"  # JSON {"storage": URL, "name": study name}, set by the driver of a sweep
@@ -86,47 +77,6 @@ def open_grid_study(tracking: dict, parent_run_id: str) -> None:
     storage, name = storage_url(tracking), f"grid {parent_run_id}"
     optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     announce(storage, name)
-
-
-@contextlib.contextmanager
-def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
-    """The job's trial in the announced study, as a callback (None without a study or pruner).
-
-    The study learns how the job ended: COMPLETE with the job's `value` (set on the callback by the
-    caller), PRUNED, or FAIL when the job raises.
-    """
-    study_ref = announced()
-    if study_ref is None or (c["pruner"]["name"] == "none" and c.get("trial") is None):
-        if c["pruner"]["name"] != "none":
-            log.warning("pruner=%s works in sweeps (-m); this single run is not pruned", c["pruner"]["name"])
-        yield None
-        return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(
-        study_name=study_ref["name"], storage=study_ref["storage"], pruner=make_pruner(c["pruner"], c["epochs"])
-    )
-    # a search's trial (public constructor, documented as not for direct use: the trial was asked in the driver), or a grid job's own
-    trial = optuna.trial.Trial(study, c["trial"]) if c.get("trial") is not None else study.ask()
-    tracking.set_tags({tracking.TAG_TRIAL: f"{trial.number} of study {study.study_name}"})
-    from fer_exp.callbacks import ReportToTrial  # Keras: only in a job
-
-    callback = ReportToTrial(trial, c["early_stopping"]["monitor"])
-    try:
-        yield callback
-    except BaseException:
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        raise
-    if callback.pruned_at:
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-    else:
-        study.tell(trial, callback.value)
-
-
-def tell_reused(c: dict, value: float | None) -> None:
-    """A search's job that reused a FINISHED run (resume=true) completes its trial with that run's result."""
-    if (study_ref := announced()) and c.get("trial") is not None and value is not None:
-        study = optuna.load_study(study_name=study_ref["name"], storage=study_ref["storage"])
-        study.tell(optuna.trial.Trial(study, c["trial"]), value)
 
 
 def study_plots(out_dir: Path) -> list[Path]:

@@ -19,7 +19,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
-from fer_exp import compare, search, tracking
+from fer_exp import tracking
+from fer_exp.sweeps import results, study
 
 log = logging.getLogger(__name__)
 METRIC = tracking.METRIC  # what a sweep's jobs are ranked, tagged and registered by
@@ -42,7 +43,7 @@ class SweepRun(Callback):
             sys.exit(2)
         os.environ[tracking.PARENT_ENV] = parent
         if config.pruner.name != "none" and "fer_exp_optuna" not in str(config.hydra.sweeper.get("_target_")):
-            search.open_grid_study(OmegaConf.to_container(t, resolve=True), parent)  # a search's sweeper opens its own
+            study.open_grid_study(OmegaConf.to_container(t, resolve=True), parent)  # a search's sweeper opens its own
         atexit.register(end_abandoned_sweep)
         log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(t.uri, t.dir))
 
@@ -57,7 +58,7 @@ def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:
     lost = [j for j in jobs if j["status"] == "RUNNING"]
     for j in lost:
         tracking.end_run(j["run_id"], "FAILED", {tracking.TAG_ERROR: tracking.LOST})
-    return tracking.sweep_jobs(parent, compare.PER_EPOCH[METRIC]) if lost else jobs
+    return tracking.sweep_jobs(parent, results.PER_EPOCH[METRIC]) if lost else jobs
 
 
 def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
@@ -65,7 +66,7 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     scored = [
         j
         for j in jobs + [tracking.get_record(i) for i in reused]
-        if j["status"] == "FINISHED" and METRIC in j["metrics"] and not compare.pruned(j)
+        if j["status"] == "FINISHED" and METRIC in j["metrics"] and not results.pruned(j)
     ]
     if not scored:
         return []
@@ -83,7 +84,7 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
 
 def _publish(parent: str, jobs: list[dict], rows: list[dict], out_dir: str | Path | None) -> list[str]:
     """The sweep at first sight: the parent row carries its best job's scores; its comparison and MLflow
-    UI view (compare.publish: the jobs listed best first, with the settings that differ as columns).
+    UI view (results.publish: the jobs listed best first, with the settings that differ as columns).
     Returns the summary's lines."""
     finished = [r for r in rows if r["status"] == "FINISHED" and r["value"] is not None]
     if finished:
@@ -93,7 +94,7 @@ def _publish(parent: str, jobs: list[dict], rows: list[dict], out_dir: str | Pat
     if not rows:
         return []
     try:
-        files, link = compare.publish(tracking.get_record(parent), jobs, rows, METRIC, out_dir and Path(out_dir))
+        files, link = results.publish(tracking.get_record(parent), jobs, rows, METRIC, out_dir and Path(out_dir))
     except Exception as e:  # a plot or a view must not fail a finished sweep
         log.warning("could not save the sweep's comparison or its MLflow UI view: %s", e)
         return []
@@ -104,7 +105,7 @@ def _publish(parent: str, jobs: list[dict], rows: list[dict], out_dir: str | Pat
 
 def _pruning(jobs: list[dict]) -> list[str]:
     """The summary's line on pruned jobs and the epochs they did not train."""
-    pruned = [j for j in jobs if compare.pruned(j)]
+    pruned = [j for j in jobs if results.pruned(j)]
     if not pruned:
         return []
     saved = sum(int(j["params"]["epochs"]) - int(j["metrics"].get("epochs_run", 0)) for j in pruned)
@@ -115,7 +116,7 @@ def _pruning(jobs: list[dict]) -> list[str]:
 def _study_plots(parent: str, out_dir: Path) -> list[str]:
     """The sweep's Optuna study plots, logged to the parent run (none without a study)."""
     try:
-        files = search.study_plots(out_dir)
+        files = study.study_plots(out_dir)
     except Exception as e:  # a plot must not fail a finished sweep
         log.warning("could not draw the study's plots: %s", e)
         return []
@@ -134,7 +135,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     parent = os.environ.pop(tracking.PARENT_ENV, None)
     if not parent:
         return True
-    jobs = tracking.sweep_jobs(parent, compare.PER_EPOCH[METRIC])
+    jobs = tracking.sweep_jobs(parent, results.PER_EPOCH[METRIC])
     if jobs_done:
         jobs = _end_lost_jobs(parent, jobs)
     failed = [j for j in jobs if j["status"] != "FINISHED"]
@@ -144,9 +145,9 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     lines = [f"\nSweep {parent}: {len(jobs)} job(s), {len(failed)} not finished"]
     if reused:
         lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")
-    rows = compare.job_rows(jobs, METRIC)  # best first, only the overrides that differ
+    rows = results.job_rows(jobs, METRIC)  # best first, only the overrides that differ
     if rows:
-        lines.append(compare.table(rows, METRIC))
+        lines.append(results.table(rows, METRIC))
     lines += [
         f"{j['status']}: {j['name']}: {j['tags'].get(tracking.TAG_ERROR) or j['tags'].get(tracking.TAG_STOP, '')}"
         for j in failed
@@ -154,7 +155,7 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     lines += _pruning(jobs) + _best(parent, jobs, reused) + _publish(parent, jobs, rows, out_dir)
     if out_dir:
         lines += _study_plots(parent, Path(out_dir) / parent)
-    os.environ.pop(search.STUDY_ENV, None)
+    os.environ.pop(study.STUDY_ENV, None)
     tracking.end_run(parent, status or ("FAILED" if failed else "FINISHED"))
     print("\n".join(lines), flush=True)
     return not failed

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fer_exp.data.split import DataError, Split
+
 CANVAS = 96  # drawn at 2x and downscaled, for smooth edges
 
 # Per class: eye half-height, inner/outer brow offset (down is +), mouth shape
@@ -93,3 +95,16 @@ def make_faces(n_per_class: int, classes: list[str], size: int = 48, seed: int =
     rng.shuffle(labels)
     images = np.stack([draw_face(classes[k], rng, size) for k in labels])
     return images, labels.astype(np.int64)
+
+
+def synthetic_split(n_per_class: int, classes: list[str], size: int = 48, seed: int = 0) -> Split:
+    """`n_per_class` drawn faces of each class as a Split."""
+    try:
+        images, labels = make_faces(n_per_class, classes, size, seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    return Split(images, labels, digest=synthetic_digest(n_per_class, size, seed))
+
+
+def synthetic_digest(n_per_class: int, size: int, seed: int) -> str:
+    return f"synthetic-n{n_per_class}-s{size}-seed{seed}"

@@ -7,15 +7,11 @@ other keys are the builder's keyword arguments.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
-from pathlib import Path
 
 import keras
 from keras import layers
-
-from fer_exp.config import conf_dir
 
 log = logging.getLogger(__name__)
 
@@ -165,39 +161,3 @@ def training_flops(model: keras.Model) -> tuple[int, int]:
 
 
 # --- the labels of a trained model ------------------------------------------------------
-
-CLASSES_KEY = "classes"  # in an MLflow model's metadata, and the name of the file beside model.h5
-# For a bare .h5 without its class list: FER2013's seven classes, as conf/data/ sets them.
-FER7_FILE = conf_dir() / "data" / "_fer7.yaml"
-
-
-def classes_file(model_file: str | Path) -> Path:
-    """Where the class list of `model_file` is kept: classes.json in the same folder."""
-    return Path(model_file).with_name(f"{CLASSES_KEY}.json")
-
-
-def write_classes(model_file: str | Path, classes: list[str]) -> Path:
-    path = classes_file(model_file)
-    path.write_text(json.dumps(list(classes)) + "\n")
-    return path
-
-
-def read_classes(model_file: str | Path) -> list[str] | None:
-    path = classes_file(model_file)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def classes_for(model: keras.Model, classes: list[str] | None, source: str) -> list[str]:
-    """The model's class names: those it came with, else FER2013's seven when it has 7 outputs."""
-    outputs = int(model.output_shape[-1])
-    if classes is None:
-        from omegaconf import OmegaConf
-
-        classes = list(OmegaConf.load(FER7_FILE).classes)
-        log.warning("%s carries no class list; assuming FER2013's %s", source, ", ".join(classes))
-    if len(classes) != outputs:
-        raise ValueError(
-            f"{source} has {outputs} outputs but its class list has {len(classes)}: {list(classes)}; "
-            f"put the right list in {CLASSES_KEY}.json beside the model file"
-        )
-    return list(classes)

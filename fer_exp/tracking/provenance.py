@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from importlib.metadata import distributions
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]  # the checkout whose code is running
+ROOT = Path(__file__).resolve().parents[2]  # the checkout whose code is running
 LOCK = "uv.lock"
 # Untracked files here are code a run depends on: they go into its patch.
 SOURCE_DIRS = ("fer_exp", "conf", "hydra_plugins")

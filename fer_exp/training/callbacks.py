@@ -1,5 +1,5 @@
 """Keras callbacks that keep a job safe and recorded: signals, non-finite losses, time budgets,
-per-epoch metrics, resumable checkpoints, reports to an Optuna trial (pruning)."""
+per-epoch metrics and speed, resumable checkpoints (the Optuna trial's reporter is sweeps.trial's)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from pathlib import Path
 
 import keras
 
-from fer_exp import machine, tracking
+from fer_exp import tracking
 from fer_exp.models import training_flops
+from fer_exp.training import machine
 
 log = logging.getLogger(__name__)
 
@@ -195,27 +196,3 @@ class EpochCheckpoint(keras.callbacks.Callback):
             (folder / cls.BEST).replace(best_checkpoint.filepath)
             best_checkpoint.best = state["best"]
         return model, state
-
-
-class ReportToTrial(keras.callbacks.Callback):
-    """Report `monitor` to an Optuna trial after every epoch; stop after an epoch the study's pruner rejects."""
-
-    def __init__(self, trial, monitor: str = "val_accuracy"):
-        super().__init__()
-        self.trial, self.monitor = trial, monitor
-        self.pruned_at: int | None = None  # the epoch after which the pruner stopped the job
-        self.value: float | None = None  # the job's result, told to the study when it completes
-
-    def on_epoch_end(self, epoch: int, logs=None) -> None:
-        if (value := (logs or {}).get(self.monitor)) is None:
-            return
-        self.trial.report(float(value), step=epoch)
-        if self.trial.should_prune():
-            self.pruned_at = epoch + 1
-            self.model.stop_training = True
-            log.info(
-                "pruned after epoch %d: %s %.4f is below the study's trials at this epoch",
-                epoch + 1,
-                self.monitor,
-                value,
-            )
