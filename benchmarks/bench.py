@@ -42,7 +42,9 @@ from pathlib import Path
 import fer_exp  # noqa: F401  (first: it quiets TensorFlow's start-up before TensorFlow loads)
 from fer_exp.training import machine
 
-machine.use_onednn("vgg")  # before TensorFlow loads: what fer_exp.run picks for the recipe (per model: machine.py)
+machine.use_onednn(
+    "vgg"
+)  # before TensorFlow loads: what fer_exp.run picks for the recipe (per model: fer_exp/training/machine.py)
 import tensorflow as tf
 from common import MODEL_CONFIGS, ROOT, config
 from faces import bench_faces

@@ -71,7 +71,7 @@ def flop_rate(fn, flops: float, seconds: float = 3.0) -> float:
 
 def bench_peak(results: dict) -> dict[str, float]:
     """{dtype: the best FLOP/s measured}: a large matmul and a convolution at the recipe's shapes.
-    Runs log their MFU against it (fer_exp.machine.peak_gflops reads it back)."""
+    Runs log their MFU against it (fer_exp.training.machine.peak_gflops reads it back)."""
     peak = {}
     for dtype in ("float32", "bfloat16"):
         a = tf.random.normal((2048, 2048), dtype=tf.float32, seed=0)

@@ -1,6 +1,7 @@
 """What differs between a recorded run and now, one line per aspect ("same: ..." or "differs: ..."):
 code, config, data, environment, machine, seed; and between a run and its rerun: the first metric that
-diverges, and how far apart their scores may be and still count as noise. Pure functions of records."""
+diverges, and how far apart their scores may be and still count as noise. Reads today's checkout (git),
+configs and data files to compare with; writes nothing."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from omegaconf import OmegaConf
 from fer_exp.config import choices, conf_dir, flatten
 from fer_exp.data import DataError, data_digests
 from fer_exp.tracking import provenance
-from fer_exp.tracking.names import METRIC, TAG_REPRODUCES
+from fer_exp.tracking.names import METRIC, TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_MACHINE, TAG_REPRODUCES
 from fer_exp.training import machine
 
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
@@ -23,7 +24,7 @@ def short(text: str | None, n: int = 12) -> str:
 
 def code_line(tags: dict, now: dict | None, patch: str | None, checkout: bool) -> str:
     """The run's commit and patch (its tags, its source.patch) against `now` (provenance.code_state())."""
-    commit, dirty = tags.get("mlflow.source.git.commit"), tags.get("fer_exp.git_dirty") == "true"
+    commit, dirty = tags.get(TAG_GIT_COMMIT), tags.get(TAG_GIT_DIRTY) == "true"
     run_patch = (
         f"a patch of {len(patch.splitlines())} lines" if patch else ("a patch not recorded" if dirty else "no patch")
     )
@@ -117,7 +118,7 @@ def environment_line(run_env: str | None) -> str:
 
 def machine_line(run_tags: dict, precision: str) -> str:
     """The CPU, flags, cores, GPUs and precision the run recorded against this machine's."""
-    tags = {k.split(".")[-1]: v for k, v in run_tags.items() if k.startswith("fer_exp.machine.")}
+    tags = {k.split(".")[-1]: v for k, v in run_tags.items() if k.startswith(f"{TAG_MACHINE}.")}
     now = machine.describe(precision)
     now["onednn"] = tags.get("onednn", now["onednn"])  # the rerun sets oneDNN as the run had it
     changed = [

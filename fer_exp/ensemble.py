@@ -55,14 +55,11 @@ def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
     done = [
         j
         for j in jobs
-        if j["status"] == "FINISHED"
-        and metric in j["metrics"]
-        and not results.pruned(j)
-        and j["tags"].get(tracking.TAG_ROLE) == "job"
+        if results.status(j) == "FINISHED" and metric in j["metrics"] and j["tags"].get(tracking.TAG_ROLE) == "job"
     ]
     if len(done) < 2:
         raise EnsembleError(f"the sweep has {len(done)} FINISHED job(s) with {metric}; an ensemble needs at least 2")
-    return sorted(done, key=lambda j: -j["metrics"][metric])[:top_k]
+    return results.best_first(done, metric)[:top_k]
 
 
 def named_members(ids: list[str], metric: str) -> list[dict]:
@@ -76,7 +73,7 @@ def named_members(ids: list[str], metric: str) -> list[dict]:
                 f"run {m['run_id']} ({m['name']}): status {m['status']}, role {m['tags'].get(tracking.TAG_ROLE)}; "
                 f"members must be FINISHED job runs with {metric}"
             )
-    return sorted(members, key=lambda j: -j["metrics"][metric])
+    return results.best_first(members, metric)
 
 
 def check_compatible(models: list, classes: list[list[str]], ids: list[str]) -> None:
@@ -119,9 +116,9 @@ def validation_split(member: dict):
     """The validation split the member was scored on, from its logged config."""
     from fer_exp.data import load_data, with_fallback
 
-    c = OmegaConf.to_container(OmegaConf.create(tracking.load_text(member["run_id"], "config.yaml")), resolve=True)
-    splits, _ = load_data(with_fallback(c["data"]), seed=c["seed"])
-    return splits["validation"], c
+    config = OmegaConf.to_container(OmegaConf.create(tracking.load_text(member["run_id"], "config.yaml")), resolve=True)
+    splits, _ = load_data(with_fallback(config["data"]), seed=config["seed"])
+    return splits["validation"], config
 
 
 def build(members: list[dict], select: str) -> tuple:
@@ -132,14 +129,14 @@ def build(members: list[dict], select: str) -> tuple:
     loaded = [load_model(f"runs:/{i}/model") for i in ids]
     models, classes = [m for m, _ in loaded], [c for _, c in loaded]
     check_compatible(models, classes, ids)
-    val, c = validation_split(members[0])
+    val, config = validation_split(members[0])
     picks = list(range(len(models)))
     if select == "greedy":
         probs = np.stack([evaluate(m, val.images, None, classes[0]).single for m in models])
         picks = greedy(probs, val.labels)
     elif select != "all":
         raise EnsembleError(f"select={select!r}: use all or greedy")
-    return average(models, picks), classes[0], [ids[i] for i in picks], val, c
+    return average(models, picks), classes[0], [ids[i] for i in picks], val, config
 
 
 def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select: str, top_k: int, tta: int) -> dict:
@@ -148,15 +145,15 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     from fer_exp.config import config_hash
     from fer_exp.models import log_evaluation
 
-    model, classes, picked, val, c = build(members, select)
+    model, classes, picked, val, member_config = build(members, select)
     name = (f"ensemble top-{len(members)}" if sweep_id else f"ensemble of {len(members)} runs") + (
         " greedy" if select == "greedy" else ""
     )
     if not sweep_id:
         tracking.use_experiment_of(members[0]["run_id"])
-    settings = {
+    config = {
         "ensemble": {"sweep": sweep_id, "top_k": top_k, "metric": metric, "select": select, "members": picked},
-        "data": c["data"],
+        "data": member_config["data"],
         "tta_views": tta,
     }
     tags = {
@@ -165,8 +162,8 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
         tracking.TAG_OVERRIDES: name.replace("ensemble ", "ensemble=").replace(" ", "-"),
     }
     params = {
-        "data.register_as": c["data"].get("register_as"),
-        "data.name": c["data"]["name"],
+        "data.register_as": member_config["data"].get("register_as"),
+        "data.name": member_config["data"]["name"],
         "ensemble.top_k": top_k,
         "ensemble.select": select,
         "ensemble.size": len(picked),
@@ -174,16 +171,16 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     with (
         tempfile.TemporaryDirectory() as tmp,
         tracking.start_run(
-            name, config_hash(settings), params, OmegaConf.to_yaml(settings), tags, parent=sweep_id
+            name, config_hash(config), params, OmegaConf.to_yaml(config), tags, parent=sweep_id
         ) as run_id,
     ):
         model.save(Path(tmp) / "model.h5")
-        ev = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name)
+        evaluation = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name)
         best = members[0]["metrics"][metric]
         tracking.log_metrics(
             {
-                "best_val_accuracy": ev.accuracy,
-                "val_accuracy_tta": ev.tta_accuracy,
+                "best_val_accuracy": evaluation.accuracy,
+                "val_accuracy_tta": evaluation.tta_accuracy,
                 "params": model.count_params(),
                 "best_member_val_accuracy": best,
             }
@@ -191,11 +188,11 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     log.info(
         "%s: validation accuracy %.4f single view, %.4f with %d-view TTA; best member %.4f\n%s",
         name,
-        ev.accuracy,
-        ev.tta_accuracy,
+        evaluation.accuracy,
+        evaluation.tta_accuracy,
         tta,
         best,
-        ev.text,
+        evaluation.text,
     )
     return tracking.get_record(run_id)
 

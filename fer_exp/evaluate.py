@@ -63,20 +63,22 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     split, labelled = read_folder(data_dir, classes, int(model.input_shape[1]))
     for src, why in split.skipped:
         log.warning("skipped %s: %s", src, why)
-    ev = evaluate(model, split.images, split.labels if labelled else None, classes, tta, batch_size)
+    evaluation = evaluate(model, split.images, split.labels if labelled else None, classes, tta, batch_size)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"images": len(split), "skipped": len(split.skipped), "predictions": out / "predictions.csv"}
-    write_predictions(result["predictions"], split.sources, ev.probs, classes, split.labels if labelled else None)
+    write_predictions(
+        result["predictions"], split.sources, evaluation.probs, classes, split.labels if labelled else None
+    )
     if labelled:
         result.update(
-            accuracy=ev.accuracy,
-            tta_accuracy=ev.tta_accuracy,
-            report=ev.text,
+            accuracy=evaluation.accuracy,
+            tta_accuracy=evaluation.tta_accuracy,
+            report=evaluation.text,
             confusion_png=out / "confusion_matrix.png",
         )
-        title = f"{Path(data_dir).name}: accuracy {ev.accuracy:.1%} (single view)"
-        plots.save(plots.confusion_matrix_figure(ev.confusion, classes, title=title), result["confusion_png"])
+        title = f"{Path(data_dir).name}: accuracy {evaluation.accuracy:.1%} (single view)"
+        plots.save(plots.confusion_matrix_figure(evaluation.confusion, classes, title=title), result["confusion_png"])
     return result
 
 

@@ -74,6 +74,7 @@ def story_timeline(
     bands: list[tuple[int, int, float, float]],
     metric: str,
     title: str = "",
+    lower_is_better: bool = False,
 ) -> plt.Figure:
     """Every job's metric in launch order with the best so far as a step line.
 
@@ -116,7 +117,7 @@ def story_timeline(
             ax.scatter(idx, ys, marker="x", color=colour, label=status.lower(), zorder=3, s=22)
     best, line = None, []
     for s in scores:
-        if s is not None and (best is None or (s < best if "loss" in metric else s > best)):
+        if s is not None and (best is None or (s < best if lower_is_better else s > best)):
             best = s
         line.append(best if best is not None else np.nan)
     ax.step(range(n), line, where="post", color="black", linewidth=1.2, label="best so far", zorder=2)

@@ -6,7 +6,7 @@
 
 Faces are found with MTCNN (default; its weights ship in the `mtcnn` wheel, so it works
 offline) or OpenCV's Haar cascade, levelled by the eyes, cropped as FER2013 faces are
-and resized to the model's input (faces.py). One line per face: file, [frame,] box
+and resized to the model's input (fer_exp/data/faces.py). One line per face: file, [frame,] box
 (x, y, width, height), label, confidence. predictions.csv (one row per face, per sampled
 frame for videos) goes to --out, else outputs/predict/<date>; with --out also an annotated
 copy of each image and clip, and for each clip a timeline of the class probabilities of

@@ -91,10 +91,10 @@ def load_job(record: dict) -> Job:
 
 def make_worktree(job: Job, patch: str | None, stack: contextlib.ExitStack) -> Path:
     """The run's own code in a temporary git worktree (removed when `stack` closes)."""
-    commit = job.record["tags"].get("mlflow.source.git.commit")
+    commit = job.record["tags"].get(tracking.TAG_GIT_COMMIT)
     if not commit:
         raise Refusal(f"run {job.run_id} recorded no git commit: its code cannot be checked out")
-    if job.record["tags"].get("fer_exp.git_dirty") == "true" and patch is None:
+    if job.record["tags"].get(tracking.TAG_GIT_DIRTY) == "true" and patch is None:
         raise Refusal(
             f"run {job.run_id} ran on uncommitted changes that were not recorded (it predates source.patch): "
             "its code cannot be restored"

@@ -39,7 +39,10 @@ def main(cfg: DictConfig) -> float | None:
             log.error("%s", problem)
             sys.exit(2)
     if hc.runtime.choices.get("augment") == "seed":
-        log.warning("augment=seed is now called augment=notebook (the old name read like the top-level seed=)")
+        log.warning(
+            "augment=seed is now called augment=notebook (the old name read like the top-level seed=); "
+            "the old name goes in fer_exp 0.2: use augment=notebook"
+        )
     machine.use_onednn(cfg.model.name)  # before TensorFlow loads
     machine.use_threads(cfg.threads)
     from fer_exp.sweeps import lifecycle  # TensorFlow and MLflow load for a job, not for --help
@@ -82,12 +85,12 @@ def preflight(cfg: DictConfig) -> str | None:
     from fer_exp import tracking
     from fer_exp.data import data_digests
 
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    data, t = settings["data"], settings["tracking"]
+    config = OmegaConf.to_container(cfg, resolve=True)
+    data, store = config["data"], config["tracking"]
     try:
         if data["format"] == "csv" or data.get("root") is not None:  # the default root may fall back to synthetic
             data_digests(data)
-        tracking.configure(t["uri"], t["dir"], t["experiment"])
+        tracking.configure(store["uri"], store["dir"], store["experiment"])
     except (DataError, tracking.AccessError) as e:
         return str(e)
     return None

@@ -35,7 +35,7 @@ MIN_IMPORTANCE_RUNS = 10  # fewer comparable runs than this: a main-effects tabl
 
 
 def score(job: dict, metric: str) -> float | None:
-    if job["status"] != "FINISHED" or results.pruned(job):
+    if results.status(job) != "FINISHED":
         return None
     return job["metrics"].get(metric)
 
@@ -105,7 +105,7 @@ def importance(jobs: list[dict], metric: str) -> tuple[dict[str, float] | None, 
             distributions[k] = optuna.distributions.FloatDistribution(min(numbers), max(numbers))
         else:
             distributions[k] = optuna.distributions.CategoricalDistribution(sorted(map(str, values[k])))
-    study = optuna.create_study(direction="minimize" if "loss" in metric else "maximize")
+    study = optuna.create_study(direction="minimize" if results.lower_is_better(metric) else "maximize")
     for j in runs:
         params = {
             k: _number(choices(j["params"]).get(k))
@@ -149,9 +149,8 @@ def build(records: list[dict], experiment: str, metric: str) -> Story:
         section.best = finished[0] if finished else None
         section_scores = [s for s in (score(j, metric) for j in members) if s is not None]
         if section_scores:
-            top = min(section_scores) if "loss" in metric else max(section_scores)
-            better = best_so_far is None or (top < best_so_far if "loss" in metric else top > best_so_far)
-            best_so_far = top if better else best_so_far
+            top = results.best_of(section_scores, metric)
+            best_so_far = top if results.better(top, best_so_far, metric) else best_so_far
         sections.append(section)
     noise = seed_groups(jobs, metric)
     found, note, study = importance(jobs, metric)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fer_exp import plots, tracking
+from fer_exp.sweeps import results
 
 # What the page shows; fer_exp.story builds them from the experiment's runs and calls write().
 
@@ -60,7 +61,7 @@ def delta_text(section: Section, spread: float | None, metric: str) -> str:
     if section.before is None:
         return f"the first result: {pct(section.best['value'])}"
     delta = section.best["value"] - section.before
-    if "loss" in metric:
+    if results.lower_is_better(metric):
         delta = -delta
     word = "over" if delta > 0 else "behind"
     text = f"{100 * delta:+.1f} points {word} the best before ({pct(section.before)})"
@@ -89,7 +90,7 @@ def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
                 str(int(m["epochs_run"])) if "epochs_run" in m else "-",
                 f"{m['train_seconds']:.0f}" if "train_seconds" in m else "-",
                 f"{flops:.4f}" if flops else "-",
-                j["tags"].get("mlflow.source.git.commit", "-")[:8],
+                j["tags"].get(tracking.TAG_GIT_COMMIT, "-")[:8],
                 j["tags"].get(tracking.TAG_GIT_DIRTY, "-"),
                 (train if train.startswith("synthetic") else train[:12]) or "-",
             ]
@@ -99,7 +100,7 @@ def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
 
 def headline(story: Story) -> list[tuple]:
     """The best run so far, its model and the command that re-runs it."""
-    sign = -1 if "loss" in story.metric else 1
+    sign = -1 if results.lower_is_better(story.metric) else 1
     best = max((s for s in story.sections if s.best), key=lambda s: s.best["value"] * sign, default=None)
     if best is None:
         return [("p", "No run has the metric yet." if story.jobs else "This experiment has no runs yet.")]
@@ -236,10 +237,7 @@ def draw(story: Story, out: Path) -> dict[str, Path]:
             )
             for g in story.noise
         ]
-        statuses = [
-            "PRUNED" if j["status"] == "FINISHED" and j["tags"].get(tracking.TAG_STOP) == "pruned" else j["status"]
-            for j in story.jobs
-        ]
+        statuses = [results.status(j) for j in story.jobs]
         figures["timeline"] = out / "story_timeline.png"
         plots.save(
             plots.story_timeline(
@@ -249,6 +247,7 @@ def draw(story: Story, out: Path) -> dict[str, Path]:
                 bands,
                 story.metric,
                 "sweeps shaded, numbered as below; green: seed mean ± std",
+                lower_is_better=results.lower_is_better(story.metric),
             ),
             figures["timeline"],
         )

@@ -1,4 +1,4 @@
-"""Upload the runs that a tracking-server outage left in spool folders (see outbox.py).
+"""Upload the runs that a tracking-server outage left in spool folders (see tracking/outbox.py).
 
     python -m fer_exp.sync [spool=mlruns/spool] [tracking_uri=http://...]
 

@@ -152,5 +152,10 @@ def test_every_tool_lists_its_keys_and_names_an_unknown_one(tool, capsys):
     assert exit_.value.code == 2 and "error: unknown key(s): bogus_key" in capsys.readouterr().err
 
 
-def test_augment_seed_is_the_former_name_of_augment_notebook(compose):
+def test_augment_seed_is_the_former_name_of_augment_notebook_until_0_2(compose):
+    from importlib.metadata import version
+
+    if tuple(int(x) for x in version("fer_exp").split(".")[:2]) >= (0, 2):
+        assert not (CONF / "augment" / "seed.yaml").exists(), "augment=seed was to go in fer_exp 0.2"
+        return
     assert compose(["augment=seed"]).augment == compose(["augment=notebook"]).augment == compose().augment

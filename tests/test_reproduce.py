@@ -106,7 +106,7 @@ def test_a_seeded_run_reproduces_after_conf_and_code_change_and_a_code_change_is
 
     # a code change committed too: today's code differs; the run's own code (--checkout, on the
     # run's conf) reproduces
-    edit(repo / "fer_exp" / "pipeline.py", "/ 255.0", "/ 128.0")
+    edit(repo / "fer_exp" / "data" / "pipeline.py", "/ 255.0", "/ 128.0")
     commit(repo, "another input scale")
     p = run_in(repo, tmp_path, "reproduce", run_id, "--tolerance", "0")
     assert p.returncode == 1, p.stdout[-3000:] + p.stderr[-3000:]
@@ -123,7 +123,7 @@ def test_a_seeded_run_reproduces_after_conf_and_code_change_and_a_code_change_is
 def test_a_dirty_sweep_is_replayed_by_checkout_job_by_job(tmp_path):
     repo = copy_project(tmp_path / "repo")
     # uncommitted: a changed input scale and a new, untracked augment config the sweep uses
-    edit(repo / "fer_exp" / "pipeline.py", "/ 255.0", "/ 200.0")
+    edit(repo / "fer_exp" / "data" / "pipeline.py", "/ 255.0", "/ 200.0")
     (repo / "conf" / "augment" / "mine.yaml").write_text((repo / "conf" / "augment" / "none.yaml").read_text())
     p = run_in(repo, tmp_path, "run", "-m", "debug=tiny", "model=shallow", "lr=1e-3,1e-2", "augment=mine")
     assert p.returncode == 0, p.stderr[-3000:]

@@ -14,11 +14,9 @@ import cv2
 import numpy as np
 
 LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
-# FER2013 crops are tight: on validation faces pasted into 640x480 photos, the pasted square's
-# side was 0.925 x the MTCNN box's larger side (median of 105 faces, 15 a class, in a one-off
-# probe; p10 0.70, p90 1.21), centred on the box. `bench.py --sections faces` re-measures it on
-# 70 other faces: 0.96 (p10 0.74, p90 1.21), within that spread; tests/test_predict.py checks
-# that 0.925 beats 0.8x and 1.2x.
+# FER2013 crops are tight: the face square's side is FER_SIDE x the MTCNN box's larger side, centred
+# on the box (measured on FER2013 faces pasted into photos: benchmarks/README.md, "Face crops");
+# tests/test_predict.py checks that it frames FER faces better than 0.8x and 1.2x.
 FER_SIDE = 0.925
 MAX_TILT = 30.0  # degrees; a larger eye-line angle is more likely a wrong eye than a tilted head
 

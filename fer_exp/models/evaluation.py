@@ -67,16 +67,18 @@ def evaluate(
     from sklearn.metrics import classification_report, confusion_matrix
 
     views = view_probabilities(model, images, tta_views, batch_size)
-    ev = Evaluation(single=views[0], probs=views.mean(axis=0))
+    evaluation = Evaluation(single=views[0], probs=views.mean(axis=0))
     if labels is None:
-        return ev
-    ids, pred = list(range(len(classes))), ev.single.argmax(axis=1)
-    ev.report = classification_report(labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0)
-    ev.text = classification_report(labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
-    ev.accuracy = float((pred == labels).mean())
-    ev.tta_accuracy = float((ev.probs.argmax(axis=1) == labels).mean())
-    ev.confusion = confusion_matrix(labels, pred, labels=ids)
-    return ev
+        return evaluation
+    ids, pred = list(range(len(classes))), evaluation.single.argmax(axis=1)
+    evaluation.report = classification_report(
+        labels, pred, labels=ids, target_names=classes, output_dict=True, zero_division=0
+    )
+    evaluation.text = classification_report(labels, pred, labels=ids, target_names=classes, digits=4, zero_division=0)
+    evaluation.accuracy = float((pred == labels).mean())
+    evaluation.tta_accuracy = float((evaluation.probs.argmax(axis=1) == labels).mean())
+    evaluation.confusion = confusion_matrix(labels, pred, labels=ids)
+    return evaluation
 
 
 def log_evaluation(
@@ -94,17 +96,17 @@ def log_evaluation(
     from fer_exp.data.pipeline import to_inputs
 
     out = model_file.parent
-    ev = evaluate(model, val.images, val.labels, classes, tta_views)
+    evaluation = evaluate(model, val.images, val.labels, classes, tta_views)
     files = [model_file, write_classes(model_file, classes)]
     if history is not None:
         plots.save(plots.training_curves(history, title=title), out / "curves.png")
         files.append(out / "curves.png")
     matrix = plots.confusion_matrix_figure(
-        ev.confusion, classes, title=f"{title}: validation accuracy {ev.accuracy:.1%}"
+        evaluation.confusion, classes, title=f"{title}: validation accuracy {evaluation.accuracy:.1%}"
     )
     plots.save(matrix, out / "confusion_matrix.png")
-    (out / "classification_report.txt").write_text(ev.text)
+    (out / "classification_report.txt").write_text(evaluation.text)
     tracking.log_files([*files, out / "confusion_matrix.png", out / "classification_report.txt"])
-    tracking.log_dict(ev.report, "classification_report.json")
+    tracking.log_dict(evaluation.report, "classification_report.json")
     tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
-    return ev
+    return evaluation

@@ -30,22 +30,24 @@ class SweepRun(Callback):
     """Hydra callback: one MLflow parent run per multirun, a summary at the end."""
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        t = config.tracking
+        store = config.tracking
         tags = {
             tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
             tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
         }
         try:
-            exp_id = tracking.configure(t.uri, t.dir, t.experiment)
-            parent = tracking.create_sweep_run(exp_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
+            experiment_id = tracking.configure(store.uri, store.dir, store.experiment)
+            parent = tracking.create_sweep_run(experiment_id, f"sweep {time.strftime('%Y-%m-%d %H:%M:%S')}", tags)
         except tracking.AccessError as e:  # before any job starts
             log.error("%s", e)
             sys.exit(2)
         os.environ[tracking.PARENT_ENV] = parent
         if config.pruner.name != "none" and "fer_exp_optuna" not in str(config.hydra.sweeper.get("_target_")):
-            study.open_grid_study(OmegaConf.to_container(t, resolve=True), parent)  # a search's sweeper opens its own
+            study.open_grid_study(
+                OmegaConf.to_container(store, resolve=True), parent
+            )  # a search's sweeper opens its own
         atexit.register(end_abandoned_sweep)
-        log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(t.uri, t.dir))
+        log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(store.uri, store.dir))
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         if not finish_sweep(out_dir=config.hydra.sweep.dir):
@@ -66,11 +68,11 @@ def _best(parent: str, jobs: list[dict], reused: list[str]) -> list[str]:
     scored = [
         j
         for j in jobs + [tracking.get_record(i) for i in reused]
-        if j["status"] == "FINISHED" and METRIC in j["metrics"] and not results.pruned(j)
+        if results.status(j) == "FINISHED" and METRIC in j["metrics"]
     ]
     if not scored:
         return []
-    best = max(scored, key=lambda j: j["metrics"][METRIC])
+    best = results.best_first(scored, METRIC)[0]
     tracking.set_tags({tracking.TAG_BEST: "true"}, run_id=best["run_id"])
     tracking.set_tags({tracking.TAG_BEST_RUN: best["run_id"]}, run_id=parent)
     lines = [f"best: {best['name']} (run {best['run_id']}), val_accuracy {best['metrics'][METRIC]:.4f}"]
@@ -105,7 +107,7 @@ def _publish(parent: str, jobs: list[dict], rows: list[dict], out_dir: str | Pat
 
 def _pruning(jobs: list[dict]) -> list[str]:
     """The summary's line on pruned jobs and the epochs they did not train."""
-    pruned = [j for j in jobs if results.pruned(j)]
+    pruned = [j for j in jobs if results.status(j) == "PRUNED"]
     if not pruned:
         return []
     saved = sum(int(j["params"]["epochs"]) - int(j["metrics"].get("epochs_run", 0)) for j in pruned)

@@ -24,17 +24,39 @@ def parse_overrides(text: str) -> dict[str, str]:
     return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
 
 
-def pruned(job: dict) -> bool:
-    """A FINISHED job that a pruner stopped early (tag fer_exp.stop_reason=pruned)."""
-    return job["status"] == "FINISHED" and job["tags"].get(tracking.TAG_STOP) == "pruned"
+def lower_is_better(metric: str) -> bool:
+    """A metric's direction, decided here only: losses are minimised, every other metric maximised."""
+    return "loss" in metric
+
+
+def best_of(values, metric: str):
+    """The best of `values` of `metric` (see lower_is_better)."""
+    return (min if lower_is_better(metric) else max)(values)
+
+
+def better(value: float, than: float | None, metric: str) -> bool:
+    """Whether `value` beats `than` (None: nothing to beat)."""
+    return than is None or (value < than if lower_is_better(metric) else value > than)
+
+
+def best_first(records: list[dict], metric: str) -> list[dict]:
+    """Run records that have `metric`, sorted best first."""
+    sign = 1 if lower_is_better(metric) else -1
+    return sorted(records, key=lambda r: sign * r["metrics"][metric])
+
+
+def status(job: dict) -> str:
+    """A job record's status as we show it: MLflow's (FINISHED, FAILED, KILLED, RUNNING), or PRUNED for
+    a FINISHED job that a pruner stopped early (tag fer_exp.stop_reason=pruned): not comparable."""
+    if job["status"] == "FINISHED" and job["tags"].get(tracking.TAG_STOP) == "pruned":
+        return "PRUNED"
+    return job["status"]
 
 
 def job_rows(jobs: list[dict], metric: str) -> list[dict]:
     """One dict per job record (with the per-epoch `history` of PER_EPOCH[metric]): overrides, status,
     the metric (or its best epoch so far), best epoch, params, minutes; best first, with `settings`
     and `label` naming only the overrides that differ between jobs."""
-    lower_is_better = "loss" in metric
-    pick = min if lower_is_better else max
     rows = []
     for j in jobs:
         history = j.get("history") or []
@@ -43,10 +65,10 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
             {
                 "run_id": j["run_id"],
                 "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]),
-                "status": "PRUNED" if pruned(j) else j["status"],
-                "value": j["metrics"].get(metric, pick(history) if history else None),
+                "status": status(j),
+                "value": j["metrics"].get(metric, best_of(history, metric) if history else None),
                 "tta": j["metrics"].get("val_accuracy_tta"),
-                "best_epoch": f"{history.index(pick(history)) + 1}/{len(history)}" if history else "-",
+                "best_epoch": f"{history.index(best_of(history, metric)) + 1}/{len(history)}" if history else "-",
                 "params": j["metrics"].get("params"),
                 "minutes": (end - j["start"]) / 60000,
             }
@@ -56,7 +78,7 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
         key=lambda row: (
             row["value"] is None,
             row["status"] == "PRUNED",
-            (row["value"] or 0) * (1 if lower_is_better else -1),
+            (row["value"] or 0) * (1 if lower_is_better(metric) else -1),
         )
     )
     keys = list(dict.fromkeys(k for row in rows for k in row["overrides"] if is_choice(f"{k}=")))  # command-line order
@@ -78,7 +100,7 @@ def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dic
     columns += [f"params.`{k}`" for k in settings if k in params]
     return {
         "orderByKey": f"metrics.`{metric}`",
-        "orderByAsc": "loss" in metric,
+        "orderByAsc": lower_is_better(metric),
         "selectedColumns": columns,
         "runsExpanded": {parent: True},
     }

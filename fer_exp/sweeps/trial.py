@@ -41,26 +41,28 @@ class ReportToTrial(keras.callbacks.Callback):
 
 
 @contextlib.contextmanager
-def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
+def trial_for(config: dict) -> Iterator[ReportToTrial | None]:
     """The job's trial in the announced study, as a callback (None without a study or pruner).
 
     The study learns how the job ended: COMPLETE with the job's `value` (set on the callback by the
     caller), PRUNED, or FAIL when the job raises.
     """
     study_ref = announced()
-    if study_ref is None or (c["pruner"]["name"] == "none" and c.get("trial") is None):
-        if c["pruner"]["name"] != "none":
-            log.warning("pruner=%s works in sweeps (-m); this single run is not pruned", c["pruner"]["name"])
+    if study_ref is None or (config["pruner"]["name"] == "none" and config.get("trial") is None):
+        if config["pruner"]["name"] != "none":
+            log.warning("pruner=%s works in sweeps (-m); this single run is not pruned", config["pruner"]["name"])
         yield None
         return
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(
-        study_name=study_ref["name"], storage=study_ref["storage"], pruner=make_pruner(c["pruner"], c["epochs"])
+        study_name=study_ref["name"],
+        storage=study_ref["storage"],
+        pruner=make_pruner(config["pruner"], config["epochs"]),
     )
     # a search's trial (public constructor, documented as not for direct use: the trial was asked in the driver), or a grid job's own
-    trial = optuna.trial.Trial(study, c["trial"]) if c.get("trial") is not None else study.ask()
+    trial = optuna.trial.Trial(study, config["trial"]) if config.get("trial") is not None else study.ask()
     tracking.set_tags({tracking.TAG_TRIAL: f"{trial.number} of study {study.study_name}"})
-    callback = ReportToTrial(trial, c["early_stopping"]["monitor"])
+    callback = ReportToTrial(trial, config["early_stopping"]["monitor"])
     try:
         yield callback
     except BaseException:
@@ -72,8 +74,8 @@ def trial_for(c: dict) -> Iterator[ReportToTrial | None]:
         study.tell(trial, callback.value)
 
 
-def tell_reused(c: dict, value: float | None) -> None:
+def tell_reused(config: dict, value: float | None) -> None:
     """A search's job that reused a FINISHED run (resume=true) completes its trial with that run's result."""
-    if (study_ref := announced()) and c.get("trial") is not None and value is not None:
+    if (study_ref := announced()) and config.get("trial") is not None and value is not None:
         study = optuna.load_study(study_name=study_ref["name"], storage=study_ref["storage"])
-        study.tell(optuna.trial.Trial(study, c["trial"]), value)
+        study.tell(optuna.trial.Trial(study, config["trial"]), value)

@@ -1,4 +1,6 @@
-"""Everything that talks to MLflow; nothing else in fer_exp imports it.
+"""Everything that talks to MLflow; nothing else in fer_exp imports it. Beside it, two MLflow-free
+modules of what a run records: outbox (a job's calls while its server is away) and provenance (code,
+packages and command line).
 
     store     where runs go (a SQLite store or a tracking server), access to it, UI links
     runs      a job's run from start to end, what it logs, writes to other runs by id
@@ -6,6 +8,8 @@
     queries   runs as plain records (run_id, name, status, params, metrics, tags, ...), sweeps, models
     registry  registered models and the alias `champion`
     names     the tags and artifacts fer_exp records
+    outbox    the spool folder of a job's calls, in order (no MLflow)
+    provenance  the commit, its patch, the packages, the command line (no MLflow)
 
 Callers use the names re-exported here: `from fer_exp import tracking; tracking.start_run(...)`.
 """

@@ -27,6 +27,7 @@ TAG_BEST_RUN = "fer_exp.best_run"  # on a parent: its best job's run id
 TAG_TRIAL = "fer_exp.trial"  # the job's trial number in its sweep's Optuna study
 TAG_MEMBERS = "fer_exp.members"  # an ensemble's member run ids, comma-separated
 TAG_KEPT = "fer_exp.kept_weights"  # which weights the model and its scores are: "best epoch N" or "last epoch N"
+TAG_GIT_COMMIT = "mlflow.source.git.commit"  # MLflow's own: the commit the code ran at
 TAG_GIT_DIRTY, TAG_HOST, TAG_RAY_NODE = "fer_exp.git_dirty", "fer_exp.host", "fer_exp.ray_node"
 TAG_MACHINE = "fer_exp.machine"  # prefix: fer_exp.machine.cpu, .cpu_flags, .cores, .gpu, .precision (chosen), .onednn
 METRIC = "best_val_accuracy"  # the score runs are ranked, registered as champion and reproduced by

@@ -2,7 +2,7 @@
 disk, sent as soon as the server answers again, and left there for `python -m fer_exp.sync` when
 the server stays away longer than the job's limit (tracking.outage_minutes).
 
-This module knows nothing of MLflow: tracking.py gives it the function that sends a call and the
+This module knows nothing of MLflow: tracking/outage.py gives it the function that sends a call and the
 probe that says whether the server answers. A call is a name and its keyword arguments; paths
 among them are copied into the spool (a checkpoint is overwritten by the next epoch), NumPy
 arrays and Keras models are saved there.

@@ -22,6 +22,7 @@ from fer_exp.tracking.names import (
     PATCH,
     TAG_COMMAND,
     TAG_ERROR,
+    TAG_GIT_COMMIT,
     TAG_GIT_DIRTY,
     TAG_HASH,
     TAG_HOST,
@@ -45,7 +46,7 @@ def provenance_tags() -> tuple[dict[str, str], str, str]:
     code = provenance.code_state() or {}
     tags = {TAG_COMMAND: provenance.command_line()[:5000], TAG_LOCK: provenance.lock_hash() or "none"}
     if code:
-        tags.update({"mlflow.source.git.commit": code["commit"], TAG_GIT_DIRTY: str(code["dirty"]).lower()})
+        tags.update({TAG_GIT_COMMIT: code["commit"], TAG_GIT_DIRTY: str(code["dirty"]).lower()})
         if code["untracked"]:
             tags[TAG_UNTRACKED] = " ".join(code["untracked"])[:5000]
     return tags, code.get("patch", ""), provenance.environment_text()

@@ -45,32 +45,32 @@ def make_optimizer(name: str, lr, weight_decay: float = 0.0, ema: bool = False) 
     return OPTIMIZERS[name](**kwargs)
 
 
-def make_lr(settings: dict, steps_per_epoch: int):
+def make_lr(config: dict, steps_per_epoch: int):
     """The learning rate: a constant, or cosine decay to 0 after a linear warm-up."""
-    if settings["lr_schedule"] == "constant":
-        return settings["lr"]
-    if settings["lr_schedule"] != "cosine":
-        raise ValueError(f"lr_schedule={settings['lr_schedule']!r} is unknown; choose constant or cosine")
-    warmup = int(settings["warmup_epochs"] * steps_per_epoch)
-    decay = max(1, settings["epochs"] * steps_per_epoch - warmup)
+    if config["lr_schedule"] == "constant":
+        return config["lr"]
+    if config["lr_schedule"] != "cosine":
+        raise ValueError(f"lr_schedule={config['lr_schedule']!r} is unknown; choose constant or cosine")
+    warmup = int(config["warmup_epochs"] * steps_per_epoch)
+    decay = max(1, config["epochs"] * steps_per_epoch - warmup)
     if not warmup:
-        return keras.optimizers.schedules.CosineDecay(settings["lr"], decay)
-    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=settings["lr"], warmup_steps=warmup)
+        return keras.optimizers.schedules.CosineDecay(config["lr"], decay)
+    return keras.optimizers.schedules.CosineDecay(0.0, decay, warmup_target=config["lr"], warmup_steps=warmup)
 
 
-def compile_model(settings: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
-    """The model, optimizer, loss and metrics that the resolved config `settings` describes."""
-    size = int(settings["data"]["image_size"])
-    keras.mixed_precision.set_global_policy(machine.precision(settings["precision"]))
+def compile_model(config: dict, num_classes: int, steps_per_epoch: int) -> keras.Model:
+    """The model, optimizer, loss and metrics that the resolved config `config` describes."""
+    size = int(config["data"]["image_size"])
+    keras.mixed_precision.set_global_policy(machine.precision(config["precision"]))
     try:
-        model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **settings["model"])
+        model = build_model(input_shape=(size, size, 1), num_classes=num_classes, **config["model"])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     model.compile(
         optimizer=make_optimizer(
-            settings["optimizer"], make_lr(settings, steps_per_epoch), settings["weight_decay"], settings["ema"]
+            config["optimizer"], make_lr(config, steps_per_epoch), config["weight_decay"], config["ema"]
         ),
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings["label_smoothing"]),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=config["label_smoothing"]),
         metrics=["accuracy", keras.metrics.Precision(name="precision"), keras.metrics.Recall(name="recall")],
     )
     return model
@@ -116,7 +116,7 @@ class Watch:
 
 
 def make_callbacks(
-    settings: dict,
+    config: dict,
     out: Path,
     best: keras.callbacks.ModelCheckpoint,
     history: dict,
@@ -124,46 +124,53 @@ def make_callbacks(
     trial=None,
 ) -> tuple[list, Watch]:
     """(the callbacks of fit, the Watch on those whose outcome is read after fit)."""
-    es = settings["early_stopping"]
-    watch = Watch(TimeBudget(settings["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
+    early_stopping = config["early_stopping"]
+    watch = Watch(TimeBudget(config["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
     callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), speed, watch.budget, watch.checkpoint]
     callbacks += [trial] if trial else []
-    if es["patience"] > 0:
+    if early_stopping["patience"] > 0:
         watch.stopper = keras.callbacks.EarlyStopping(
-            monitor=es["monitor"], mode=es["mode"], patience=es["patience"], verbose=1
+            monitor=early_stopping["monitor"],
+            mode=early_stopping["mode"],
+            patience=early_stopping["patience"],
+            verbose=1,
         )
         callbacks.append(watch.stopper)
     return callbacks, watch
 
 
-def report(
-    settings: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
+def evaluate_kept(
+    config: dict, model: keras.Model, model_file: Path, val: Split, classes: list[str], history: dict, run_name: str
 ) -> dict:
     """Evaluate the kept model on validation and log it with its curves, confusion matrix and report."""
     # keep_weights=last: the model in memory is the one just saved; best: an earlier epoch's, from its file
-    kept = model if settings["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
-    ev = log_evaluation(kept, model_file, val, classes, settings["tta_views"], run_name, history)
+    kept = model if config["keep_weights"] == "last" else keras.models.load_model(model_file, compile=False)
+    evaluation = log_evaluation(kept, model_file, val, classes, config["tta_views"], run_name, history)
     log.info(
         "validation accuracy %.4f single view, %.4f with %d-view TTA (%s weights)\n%s",
-        ev.accuracy,
-        ev.tta_accuracy,
-        settings["tta_views"],
-        settings["keep_weights"],
-        ev.text,
+        evaluation.accuracy,
+        evaluation.tta_accuracy,
+        config["tta_views"],
+        config["keep_weights"],
+        evaluation.text,
     )
-    return {"val_accuracy": ev.accuracy, "val_accuracy_tta": ev.tta_accuracy, "params": kept.count_params()}
+    return {
+        "val_accuracy": evaluation.accuracy,
+        "val_accuracy_tta": evaluation.tta_accuracy,
+        "params": kept.count_params(),
+    }
 
 
-def reuse(settings: dict, finished: dict, run_name: str) -> dict:
+def reuse(config: dict, finished: dict, run_name: str) -> dict:
     """resume=true and this config already FINISHED: note it on the sweep (and the search's study), train nothing."""
     log.info("resume: %s already FINISHED as run %s; not training it again", run_name, finished["run_id"])
     tracking.note_reused(finished["run_id"])
-    tell_reused(settings, finished["metrics"].get("best_val_accuracy"))
+    tell_reused(config, finished["metrics"].get("best_val_accuracy"))
     return {"run_id": finished["run_id"], "val_accuracy": finished["metrics"].get("best_val_accuracy"), "reused": True}
 
 
 def start_model(
-    settings: dict,
+    config: dict,
     interrupted: dict | None,
     out: Path,
     best: keras.callbacks.ModelCheckpoint,
@@ -172,30 +179,30 @@ def start_model(
 ) -> tuple[keras.Model, dict]:
     """(the model, its state: last epoch and history): the interrupted run's last checkpoint, or a new model."""
     if not interrupted:
-        steps_per_epoch = -(-images // max(1, settings["batch_size"]))
-        return compile_model(settings, num_classes, steps_per_epoch), {"epoch": -1, "history": {}}
+        steps_per_epoch = -(-images // max(1, config["batch_size"]))
+        return compile_model(config, num_classes, steps_per_epoch), {"epoch": -1, "history": {}}
     model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
     log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
     return model, state
 
 
-def pipelines(settings: dict, train: Split, val: Split, num_classes: int) -> tuple:
+def pipelines(config: dict, train: Split, val: Split, num_classes: int) -> tuple:
     """(training batches, augmented and shuffled; validation batches; class weights or None)."""
-    augmenter = build_augmenter(**settings["augment"], seed=settings["seed"])
-    batch, seed = settings["batch_size"], settings["seed"]
+    augmenter = build_augmenter(**config["augment"], seed=config["seed"])
+    batch, seed = config["batch_size"], config["seed"]
     train_ds = make_dataset(train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed)
     val_ds = make_dataset(val.images, val.labels, num_classes, batch)
-    weights = class_weights(train.labels, num_classes) if settings["class_weight"] == "balanced" else None
+    weights = class_weights(train.labels, num_classes) if config["class_weight"] == "balanced" else None
     return train_ds, val_ds, weights
 
 
-def describe_model(model: keras.Model, settings: dict) -> str:
-    return f"{settings['model']['name']} ({model.count_params():,} parameters)"
+def describe_model(model: keras.Model, config: dict) -> str:
+    return f"{config['model']['name']} ({model.count_params():,} parameters)"
 
 
-def machine_tags(settings: dict, overrides, interrupted: dict | None) -> tuple[dict[str, str], dict[str, str]]:
+def machine_tags(config: dict, overrides, interrupted: dict | None) -> tuple[dict[str, str], dict[str, str]]:
     """(the machine: CPU, GPUs, the precision and kernels chosen for it; the run's tags, those included)."""
-    where = machine.describe(settings["precision"])
+    where = machine.describe(config["precision"])
     tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()}}
     return where, {**tags, **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
 
@@ -208,62 +215,68 @@ def train(
     With resume=true, a config that already FINISHED is not trained again, and an
     interrupted one continues from its last completed epoch.
     """
-    settings = OmegaConf.to_container(cfg, resolve=True)
-    settings["data"] = with_fallback(settings["data"])
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["data"] = with_fallback(config["data"])
     out = Path(output_dir or tempfile.mkdtemp(prefix="fer_exp-"))
     out.mkdir(parents=True, exist_ok=True)
-    t = settings["tracking"]
-    exp_id, chash = tracking.configure(t["uri"], t["dir"], t["experiment"]), config_hash(settings)
-    finished, interrupted = tracking.find_previous(exp_id, chash) if settings["resume"] else (None, None)
+    store = config["tracking"]
+    experiment_id = tracking.configure(store["uri"], store["dir"], store["experiment"])
+    digest = config_hash(config)
+    finished, interrupted = tracking.find_previous(experiment_id, digest) if config["resume"] else (None, None)
     if finished:
-        return reuse(settings, finished, run_name)
-    keras.utils.set_random_seed(settings["seed"])
-    if settings["deterministic"]:
+        return reuse(config, finished, run_name)
+    keras.utils.set_random_seed(config["seed"])
+    if config["deterministic"]:
         tf.config.experimental.enable_op_determinism()
-    where, tags = machine_tags(settings, overrides, interrupted)
-    spool = (Path(t["spool_dir"]), t["outage_minutes"])  # where its records wait while a tracking server is away
+    where, tags = machine_tags(config, overrides, interrupted)
+    spool = (Path(store["spool_dir"]), store["outage_minutes"])  # where records wait while a tracking server is away
     with (
-        tracking.start_run(
-            run_name, chash, flatten(settings), OmegaConf.to_yaml(settings), tags, spool=spool
-        ) as run_id,
-        trial_for(settings) as trial,
+        tracking.start_run(run_name, digest, flatten(config), OmegaConf.to_yaml(config), tags, spool=spool) as run_id,
+        trial_for(config) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
-        splits, source = load_data(settings["data"], seed=settings["seed"])
-        classes, train_split, val_split = list(settings["data"]["classes"]), splits["train"], splits["validation"]
-        log_data(splits, source, settings["data"]["name"], classes)
-        model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
-        es = settings["early_stopping"]
-        best = keras.callbacks.ModelCheckpoint(
-            str(model_file), monitor=es["monitor"], mode=es["mode"], save_best_only=True
-        )
-        model, state = start_model(settings, interrupted, out, best, len(classes), len(train_split))
-        speed = speed_meter(model, where, len(train_split))
-        train_ds, val_ds, weights = pipelines(settings, train_split, val_split, len(classes))
-        callbacks, watch = make_callbacks(settings, out, best, state["history"], speed, trial)
-        log.info("training %s for up to %d epochs on %d images; %s", describe_model(model, settings), settings["epochs"],
-                 len(train_split), ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]))  # fmt: skip
-        logging.getLogger("absl").addFilter(DROP_HDF5_NOTICE)
-        start = time.time()
-        # shuffle=False: the tf.data pipeline shuffles, seeded
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=settings["epochs"],
-            initial_epoch=state["epoch"] + 1,
-            shuffle=False,
-            class_weight=weights,
-            callbacks=callbacks,
-            verbose=fit_verbosity(settings["verbose"]),
-        )
-        result = finish(settings, model, model_file, val_split, classes, watch, time.time() - start, run_name)
-        if trial:
-            trial.value = result["val_accuracy"]
+        result = fit(config, out, where, interrupted, trial, run_name)
     return {"run_id": run_id, **result}
 
 
+def fit(config: dict, out: Path, where: dict, interrupted: dict | None, trial, run_name: str) -> dict:
+    """Inside the job's run: load the data, build (or restore) the model, fit it, then keep, evaluate and
+    record the weights asked for. `trial` (or None) learns the result."""
+    splits, source = load_data(config["data"], seed=config["seed"])
+    classes, train_split, val_split = list(config["data"]["classes"]), splits["train"], splits["validation"]
+    log_data(splits, source, config["data"]["name"], classes)
+    model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
+    early_stopping = config["early_stopping"]
+    best = keras.callbacks.ModelCheckpoint(
+        str(model_file), monitor=early_stopping["monitor"], mode=early_stopping["mode"], save_best_only=True
+    )
+    model, state = start_model(config, interrupted, out, best, len(classes), len(train_split))
+    speed = speed_meter(model, where, len(train_split))
+    train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes))
+    callbacks, watch = make_callbacks(config, out, best, state["history"], speed, trial)
+    log.info("training %s for up to %d epochs on %d images; %s", describe_model(model, config), config["epochs"],
+             len(train_split), ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]))  # fmt: skip
+    logging.getLogger("absl").addFilter(DROP_HDF5_NOTICE)
+    start = time.time()
+    # shuffle=False: the tf.data pipeline shuffles, seeded
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config["epochs"],
+        initial_epoch=state["epoch"] + 1,
+        shuffle=False,
+        class_weight=weights,
+        callbacks=callbacks,
+        verbose=fit_verbosity(config["verbose"]),
+    )
+    result = finish(config, model, model_file, val_split, classes, watch, time.time() - start, run_name)
+    if trial:
+        trial.value = result["val_accuracy"]
+    return result
+
+
 def finish(
-    settings: dict,
+    config: dict,
     model: keras.Model,
     model_file: Path,
     val: Split,
@@ -272,27 +285,27 @@ def finish(
     seconds: float,
     name: str,
 ) -> dict:
-    """After fit: keep the weights asked for, report them and record why and when training stopped."""
+    """After fit: keep the weights asked for, evaluate them and record why and when training stopped."""
     reason, history = watch.stop_reason(), watch.checkpoint.history
     epochs_run = len(history.get("loss", []))
-    kept = keep_weights(settings, model, model_file, history, settings["early_stopping"])
+    kept = keep_weights(config, model, model_file, history, config["early_stopping"])
     tracking.set_tags({tracking.TAG_STOP: reason, tracking.TAG_KEPT: kept})
-    result = report(settings, model, model_file, val, classes, history, name)
+    result = evaluate_kept(config, model, model_file, val, classes, history, name)
     scores = {"best_val_accuracy": result["val_accuracy"], "val_accuracy_tta": result["val_accuracy_tta"]}
     tracking.log_metrics({**scores, "train_seconds": seconds, "epochs_run": epochs_run})
     log.info("%s: %d epochs, stopped by %s, %.0f s; kept the %s weights", name, epochs_run, reason, seconds, kept)
     return {**result, "epochs": epochs_run, "train_seconds": seconds, "stop_reason": reason}
 
 
-def keep_weights(settings: dict, model: keras.Model, model_file: Path, history: dict, es: dict) -> str:
+def keep_weights(config: dict, model: keras.Model, model_file: Path, history: dict, early_stopping: dict) -> str:
     """Make model_file hold the weights keep_weights asks for; returns which they are ("best epoch 7").
 
     best: the epoch best on the monitor, which ModelCheckpoint saved; last: the final weights
     (EMA-averaged with ema=true), saved now. best_val_accuracy then scores these weights.
     """
-    values = history.get(es["monitor"], [])
-    if settings["keep_weights"] == "last":
+    values = history.get(early_stopping["monitor"], [])
+    if config["keep_weights"] == "last":
         model.save(model_file)
-        return f"last epoch {len(values)}" + (" (EMA)" if settings["ema"] else "")
-    pick = max if es["mode"] == "max" else min
+        return f"last epoch {len(values)}" + (" (EMA)" if config["ema"] else "")
+    pick = max if early_stopping["mode"] == "max" else min
     return f"best epoch {values.index(pick(values)) + 1}" if values else "best epoch"
