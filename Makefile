@@ -13,7 +13,7 @@ UV     := .tools/bin/uv
 UV_SYNC = UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never $(UV) sync --frozen --inexact --compile-bytecode --python $(PYTHON) --quiet
 HOST   ?= 127.0.0.1
 PORT   ?= 5000
-# The MLflow store that `make ui`, `make compare` and `make serve` read
+# The MLflow store that `make ui`, `make compare`, `make story` and `make serve` read (the commands' tracking.dir=)
 STORE  ?= $(CURDIR)/mlruns
 # `make server`: the tracking server's database (PostgreSQL or SQLite URI), artifact folder and port
 SERVER_DB ?= sqlite:///$(CURDIR)/mlruns/server.db
@@ -34,11 +34,13 @@ NO_JOBS = MLFLOW_SERVER_ENABLE_JOB_EXECUTION=$${MLFLOW_SERVER_ENABLE_JOB_EXECUTI
 # What `make serve` serves, and where
 MODEL  ?= models:/fer@champion
 SERVE_PORT ?= 5001
+# `make dashboard`'s port
+DASHBOARD_PORT ?= 8080
 # Extra Hydra overrides for `make sweep`, e.g. ARGS="epochs=1 data.limit_per_class=100"
 ARGS   ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install install-gpu lock lint test test-fast demo sweep ui compare story server serve bench clean
+.PHONY: help install install-gpu lock lint format test test-fast demo sweep ui compare story dashboard server serve bench clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -64,9 +66,13 @@ $(EXTRAS): $(STAMP)
 lock: $(UV) ## re-resolve uv.lock to the newest versions pyproject.toml allows (then commit it)
 	$(UV) lock --upgrade
 
-lint: $(EXTRAS) ## ruff: lint and format check (`ruff format .` fixes the format)
+lint: $(EXTRAS) ## ruff: lint and format check (`make format` fixes what it can)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+format: $(EXTRAS) ## ruff: sort imports, fix what the linter can, format the code
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 # Two workers (xdist), each running a test file (or a group of files: tests/conftest.py) at a time,
 # the slowest first: the slow tests mostly wait on process start-up
@@ -86,11 +92,15 @@ ui: install ## the MLflow UI for mlruns/ on http://127.0.0.1:5000 (HOST=, PORT=,
 	@echo "fer_exp: open the link a sweep's summary printed (\`make compare\` prints the latest sweep's) to see its jobs compared"
 	$(NO_JOBS) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(STORE)/mlflow.db --default-artifact-root file://$(STORE)/artifacts --host $(HOST) --port $(PORT) --workers $(WORKERS)
 
-compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=...")
-	$(BIN)/python -m fer_exp.compare tracking_dir=$(STORE) $(ARGS)
+compare: install ## table + plot of the latest sweep (ARGS="sweep=<parent run id> metric=... tracking.experiment=...")
+	$(BIN)/python -m fer_exp.compare tracking.dir=$(STORE) $(ARGS)
 
-story: install ## the experiment's tuning story as one page: outputs/story/story.html (ARGS="experiment=... metric=...")
-	$(BIN)/python -m fer_exp.story tracking_dir=$(STORE) $(ARGS)
+story: install ## the experiment's tuning story as one page: outputs/story/story.html (ARGS="tracking.experiment=... metric=...")
+	$(BIN)/python -m fer_exp.story tracking.dir=$(STORE) $(ARGS)
+
+dashboard: install ## optuna-dashboard on the sweeps' Optuna studies (STORE's optuna.db) on http://127.0.0.1:8080 (HOST=, DASHBOARD_PORT=)
+	$(UV_SYNC) --extra dashboard
+	$(BIN)/optuna-dashboard sqlite:///$(STORE)/optuna.db --host $(HOST) --port $(DASHBOARD_PORT)
 
 server: install ## a shared MLflow tracking server on 127.0.0.1:5050 (SERVER_DB=postgresql://..., HOST=, SERVER_PORT=, AUTH=1)
 ifeq ($(AUTH),)

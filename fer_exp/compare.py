@@ -1,7 +1,7 @@
 """Compare the jobs of a sweep: a table sorted by a metric, and a PNG logged to the sweep's parent run.
 
-    python -m fer_exp.compare [sweep=<parent run id>] [experiment=fer_exp] [metric=best_val_accuracy]
-                              [tracking_dir=mlruns | tracking_uri=http://...] [out_dir=outputs/compare]
+    python -m fer_exp.compare [sweep=<parent run id>] [metric=best_val_accuracy] [out_dir=outputs/compare]
+                              [tracking.experiment=fer_exp] [tracking.dir=mlruns | tracking.uri=http://...]
 
 Without sweep=, the latest sweep of the experiment. Jobs still running show the best
 value of their per-epoch metric so far. The table shows only the overrides that differ
@@ -16,13 +16,12 @@ from pathlib import Path
 from fer_exp import cli, tracking
 from fer_exp.sweeps.results import PER_EPOCH, CompareError, find_sweep, job_rows, publish, table
 
-DEFAULTS = {
-    "sweep": None,
-    "experiment": "fer_exp",
-    "metric": "best_val_accuracy",
-    "tracking_dir": "mlruns",
-    "tracking_uri": None,
-    "out_dir": "outputs/compare",
+KEYS = {
+    "sweep": (None, "the sweep's parent run id (default: the experiment's latest sweep)"),
+    "metric": ("best_val_accuracy", "what the jobs are ranked by (a loss is ranked lowest first)"),
+    "out_dir": ("outputs/compare", "where compare.png and compare.txt go, in a folder per sweep"),
+    **cli.EXPERIMENT,
+    **cli.TRACKING,
 }
 
 
@@ -37,12 +36,12 @@ def compare(sweep: dict, metric: str, out_dir: Path) -> tuple[str, Path, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(argv, DEFAULTS, __doc__)
+    args = cli.parse(argv, KEYS, __doc__)
     if (uri := cli.store_uri(args)) is None:
         return 2
     try:
         tracking.connect(uri)
-        sweep = find_sweep(args.experiment, args.sweep)
+        sweep = find_sweep(args.tracking.experiment, args.sweep)
         text, png, link = compare(sweep, args.metric, Path(args.out_dir))
     except (CompareError, tracking.TrackingError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 # stops, not what is trained: left out of the config hash (resume matches on it) and the run name.
 # `trial` is the Optuna trial a search's sweeper gave the job; `local` a machine's own settings
 # (conf/local/: their values are in the config and its hash, the group's name is not a choice).
-NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes", "trial", "local")
+NOT_CHOICES = ("tracking", "verbose", "resume", "max_minutes", "trial", "local", "fail_fast")
 
 
 def conf_dir() -> Path:
@@ -32,6 +32,15 @@ def is_choice(override: str) -> bool:
     """Whether a command-line override (`lr=1e-3`, `tracking.dir=x`, `+foo=1`) changes what is trained."""
     key = override.split("=", 1)[0].lstrip("+~")
     return key.split(".", 1)[0].split("/", 1)[0] not in NOT_CHOICES
+
+
+def override_values(overrides: list[str]) -> dict[str, str]:
+    """{key: value as written} of Hydra overrides (`data.root=/data/my faces`, `+x=[1,2]`, `~seed`: ""),
+    the keys as Hydra's own parser reads them."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    return {o.key_or_group: o.input_line.split("=", 1)[1] if "=" in o.input_line else "" for o in parsed}
 
 
 def run_name(overrides: list[str] | tuple) -> str:

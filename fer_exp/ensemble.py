@@ -1,7 +1,8 @@
 """The best model a sweep can give: average the class probabilities of its top runs.
 
     python -m fer_exp.ensemble [sweep=<parent run id>] [top_k=5] [metric=best_val_accuracy]
-        [runs=<run id>,<run id>,...] [select=all | greedy] [tta=10] [experiment=fer_exp] [tracking_dir=mlruns | tracking_uri=http://...]
+        [runs=<run id>,<run id>,...] [select=all | greedy] [tta=10]
+        [tracking.experiment=fer_exp] [tracking.dir=mlruns | tracking.uri=http://...]
 
 Takes the sweep's top_k FINISHED jobs (not pruned) by `metric`, builds one Keras model whose
 output is the mean of theirs, evaluates it on the members' validation split like a single run
@@ -33,16 +34,15 @@ from fer_exp import cli, tracking
 from fer_exp.sweeps import results
 
 log = logging.getLogger("fer_exp.ensemble")
-DEFAULTS = {
-    "sweep": None,
-    "top_k": 5,
-    "metric": "best_val_accuracy",
-    "select": "all",
-    "runs": None,
-    "tta": 10,
-    "experiment": "fer_exp",
-    "tracking_dir": "mlruns",
-    "tracking_uri": None,
+KEYS = {
+    "sweep": (None, "the sweep's parent run id (default: the experiment's latest sweep)"),
+    "top_k": (5, "how many of the sweep's best FINISHED jobs to average"),
+    "metric": ("best_val_accuracy", "what the jobs are ranked by"),
+    "select": ("all", "all: average the top_k; greedy: add members while validation improves (optimistic)"),
+    "runs": (None, "comma-separated run ids to average instead of a sweep's best"),
+    "tta": (10, "test-time views (1..10) of the ensemble's evaluation"),
+    **cli.EXPERIMENT,
+    **cli.TRACKING,
 }
 
 
@@ -126,12 +126,16 @@ def build(members: list[dict], select: str) -> tuple:
     from fer_exp.models import evaluate, load_model
 
     ids = [m["run_id"] for m in members]
-    loaded = [load_model(f"runs:/{i}/model") for i in ids]
+    loaded = []
+    for k, i in enumerate(ids, 1):
+        log.info("loading member %d of %d: run %s (%s)", k, len(ids), i, members[k - 1]["name"])
+        loaded.append(load_model(f"runs:/{i}/model"))
     models, classes = [m for m, _ in loaded], [c for _, c in loaded]
     check_compatible(models, classes, ids)
     val, config = validation_split(members[0])
     picks = list(range(len(models)))
     if select == "greedy":
+        log.info("greedy selection: predicting %d faces with each of %d members", len(val), len(models))
         probs = np.stack([evaluate(m, val.images, None, classes[0]).single for m in models])
         picks = greedy(probs, val.labels)
     elif select != "all":
@@ -159,7 +163,7 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     tags = {
         tracking.TAG_ROLE: "ensemble",
         tracking.TAG_MEMBERS: ",".join(dict.fromkeys(picked)),
-        tracking.TAG_OVERRIDES: name.replace("ensemble ", "ensemble=").replace(" ", "-"),
+        tracking.TAG_OVERRIDES: tracking.encode_overrides([name.replace("ensemble ", "ensemble=").replace(" ", "-")]),
     }
     params = {
         "data.register_as": member_config["data"].get("register_as"),
@@ -175,7 +179,9 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
         ) as run_id,
     ):
         model.save(Path(tmp) / "model.h5")
-        evaluation = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name)
+        log.info("evaluating the ensemble: %d views of %d validation faces", tta, len(val))
+        progress = 1 if sys.stderr.isatty() else 2  # a bar on a terminal, a line in a log
+        evaluation = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name, verbose=progress)
         best = members[0]["metrics"][metric]
         tracking.log_metrics(
             {
@@ -198,11 +204,11 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(argv, DEFAULTS, __doc__)
+    args = cli.parse(argv, KEYS, __doc__)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     try:
-        tracking.connect(tracking.resolve_uri(args.tracking_uri, args.tracking_dir))
+        tracking.connect(tracking.resolve_uri(args.tracking.uri, args.tracking.dir))
         if args.runs and args.sweep:
             raise EnsembleError("pass sweep= (its top_k jobs) or runs= (these runs), not both")
         if args.runs:
@@ -211,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
                 named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric),
             )
         else:
-            parent = results.find_sweep(args.experiment, args.sweep)["run_id"]
+            parent = results.find_sweep(args.tracking.experiment, args.sweep)["run_id"]
             members = top_members(tracking.sweep_jobs(parent), args.metric, int(args.top_k))
         run = log_ensemble(
             members, parent, args.metric, args.select, int(args.top_k) if parent else len(members), int(args.tta)

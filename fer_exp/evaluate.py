@@ -2,7 +2,7 @@
 a confusion matrix and every face's probabilities.
 
     python -m fer_exp.evaluate model=<runs:/RUN_ID/model | models:/NAME@ALIAS | path/to/model.h5> \
-        data_dir=<folder> [tta=10] [out_dir=...] [tracking_dir=mlruns | tracking_uri=http://...]
+        data_dir=<folder> [tta=10] [out_dir=...] [tracking.dir=mlruns | tracking.uri=http://...]
 
 data_dir holds class subfolders (<data_dir>/<class>/*.jpg: accuracy is reported) or
 just images (predictions only). Prints single-view and TTA accuracy and a per-class
@@ -63,7 +63,9 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     split, labelled = read_folder(data_dir, classes, int(model.input_shape[1]))
     for src, why in split.skipped:
         log.warning("skipped %s: %s", src, why)
-    evaluation = evaluate(model, split.images, split.labels if labelled else None, classes, tta, batch_size)
+    log.info("predicting %d views of %d faces", tta, len(split))
+    progress = 1 if sys.stderr.isatty() else 2  # a bar on a terminal, a line per call in a log
+    evaluation = evaluate(model, split.images, split.labels if labelled else None, classes, tta, batch_size, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"images": len(split), "skipped": len(split.skipped), "predictions": out / "predictions.csv"}
@@ -82,23 +84,22 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     return result
 
 
-DEFAULTS = {
-    "model": None,
-    "data_dir": None,
-    "tta": 10,
-    "batch_size": 256,
-    "out_dir": None,
-    "tracking_dir": "mlruns",
-    "tracking_uri": None,
+KEYS = {
+    "model": (None, "runs:/RUN_ID/model, models:/NAME@ALIAS or a .h5/.keras file (required)"),
+    "data_dir": (None, "a folder of class subfolders (accuracy is reported) or of images (required)"),
+    "tta": (10, "test-time views (1..10) averaged for the TTA accuracy and predictions.csv"),
+    "batch_size": (256, "images per prediction batch"),
+    "out_dir": (None, "where predictions.csv and confusion_matrix.png go (default outputs/evaluate/<time>)"),
+    **cli.TRACKING,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(argv, DEFAULTS, __doc__, required=("model", "data_dir"))
+    args = cli.parse(argv, KEYS, __doc__, required=("model", "data_dir"))
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out_dir = args.out_dir or f"outputs/evaluate/{time.strftime('%Y-%m-%d_%H-%M-%S')}"
     try:
-        model, classes = load_model(args.model, args.tracking_uri, args.tracking_dir)
+        model, classes = load_model(args.model, args.tracking.uri, args.tracking.dir)
         r = evaluate_folder(model, args.data_dir, classes, args.tta, out_dir, args.batch_size)
     except (DataError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -1,8 +1,10 @@
 """Find the faces in photos and video clips and classify their expressions.
 
     python -m fer_exp.predict model=<runs:/RUN_ID/model | models:/fer@champion | path/to/model.h5> \
-        <images, videos or folders...> [--detector mtcnn|haar] [--threshold 0.9] [--min-face 24]
-        [--no-detect] [--every N] [--out DIR] [--tracking-dir mlruns | --tracking-uri URL]
+        <images, videos or folders...> [detector=mtcnn|haar] [threshold=0.9] [min_face=24]
+        [no_detect=true] [every=N] [out=DIR] [tracking.dir=mlruns | tracking.uri=URL]
+
+(Each key is also a flag: --detector haar, --out DIR, --tracking-dir mlruns, ...)
 
 Faces are found with MTCNN (default; its weights ship in the `mtcnn` wheel, so it works
 offline) or OpenCV's Haar cascade, levelled by the eyes, cropped as FER2013 faces are
@@ -27,6 +29,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
+from fer_exp import cli
 from fer_exp.data import DETECTORS, LANDMARKS, Face, make_detector
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv"}
@@ -204,14 +207,11 @@ def predict_video(path: Path, predict: Predictor, every: int | None, annotated: 
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    # model=X (the style of the other commands) is --model X
-    argv = [
-        f"--{a.partition('=')[0].replace('_', '-')}={a.partition('=')[2]}"
-        if a.partition("=")[0] in ("model", "tracking_dir", "tracking_uri")
-        else a
-        for a in argv
-    ]
+    # key=value (every command's convention) is the flag: model=X is --model=X, out=DIR --out=DIR
+    keys = ("model", "detector", "threshold", "min_face", "no_detect", "every", "out", "tracking.dir", "tracking.uri")
+    argv = cli.as_flags(argv, {k: "--" + k.replace(".", "-").replace("_", "-") for k in keys})
     ap = argparse.ArgumentParser(prog="python -m fer_exp.predict", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--version", action="version", version=f"fer_exp {cli.fer_exp_version()}")
     ap.add_argument("--model", required=True, help="runs:/RUN_ID/model, models:/fer@champion or a .h5/.keras file")
     ap.add_argument("inputs", nargs="+", help="image or video files, or folders of them")
     ap.add_argument("--detector", choices=sorted(DETECTORS), default="mtcnn", help="face detector (default mtcnn)")

@@ -1,7 +1,9 @@
 """Re-run a recorded run and say whether it reproduced.
 
-    python -m fer_exp.reproduce RUN [--checkout] [--force] [--jobs all|best] [--tolerance POINTS]
-                                    [--tracking-dir mlruns | --tracking-uri http://...]
+    python -m fer_exp.reproduce RUN [checkout=true] [force=true] [jobs=all|best] [tolerance=POINTS]
+                                    [tracking.dir=mlruns | tracking.uri=http://...]
+
+(The flags --checkout, --force, --jobs, --tolerance, --tracking-dir and --tracking-uri work too.)
 
 RUN is a run id, runs:/<id>/... or models:/<name>@<alias>; a sweep's parent run reproduces its
 jobs. Before any training it prints, one line each, what differs between the run and now (code,
@@ -27,7 +29,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from fer_exp import differences, tracking
+from fer_exp import cli, differences, tracking
 from fer_exp.data import DataError
 from fer_exp.tracking import provenance
 from fer_exp.training import machine
@@ -67,7 +69,9 @@ class Job:
 def job_overrides(tag: str | None) -> list[str]:
     """The run's overrides minus where results go and resume (the rerun must train, not reuse)."""
     keep = [
-        o for o in (tag or "").split() if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in ("tracking", "resume")
+        o
+        for o in tracking.decode_overrides(tag)
+        if o.split("=", 1)[0].lstrip("+~").split(".", 1)[0] not in ("tracking", "resume")
     ]
     return [o for o in keep if not o.startswith("hydra.")]
 
@@ -192,11 +196,18 @@ def verdict(job: Job, new_id: str, tol: tuple[float, str]) -> tuple[str, str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    # key=value (every command's convention) is the flag: tracking.dir=X is --tracking-dir=X, run=ID the RUN
+    keys = ("checkout", "force", "jobs", "tolerance", "tracking.dir", "tracking.uri")
+    argv = cli.as_flags(
+        sys.argv[1:] if argv is None else argv, {"run": "", **{k: "--" + k.replace(".", "-") for k in keys}}
+    )
     p = argparse.ArgumentParser(
         prog="python -m fer_exp.reproduce",
         description=__doc__.split("\n\n")[1],
+        epilog="Each flag is also key=value: run=ID checkout=true jobs=best tolerance=0.5 tracking.dir=mlruns ...",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--version", action="version", version=f"fer_exp {cli.fer_exp_version()}")
     p.add_argument(
         "run",
         metavar="RUN",
@@ -254,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("urllib3").setLevel(logging.ERROR)  # its retries against a server that is away; we say it once
     uri = tracking.resolve_uri(args.tracking_uri, args.tracking_dir)
     if problem := tracking.missing_store(uri):
-        print(f"fer_exp.reproduce: {problem.replace('tracking_dir=', '--tracking-dir')}", file=sys.stderr)
+        print(f"fer_exp.reproduce: {problem}", file=sys.stderr)
         return 2
     with contextlib.ExitStack() as stack:
         try:

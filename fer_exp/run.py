@@ -76,6 +76,10 @@ def main(cfg: DictConfig) -> float | None:
             raise
         # The run is already marked FAILED; let the other jobs of the sweep go on.
         log.exception("job %s failed", run_name)
+    if cfg.fail_fast:
+        log.error("fail_fast=true: job %s failed, so the sweep ends here; no further job starts", run_name)
+        lifecycle.finish_sweep("FAILED", jobs_done=False)  # parallel jobs may still be running
+        sys.exit(1)
     return math.nan
 
 
@@ -96,5 +100,15 @@ def preflight(cfg: DictConfig) -> str | None:
     return None
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """`python -m fer_exp.run` and `fer-exp run`: the Hydra app, and --version (Hydra's own prints Hydra's)."""
+    if "--version" in sys.argv[1:]:
+        from fer_exp.cli import fer_exp_version
+
+        print(f"fer_exp {fer_exp_version()} (Hydra {hydra.__version__})")
+        return
     main()
+
+
+if __name__ == "__main__":
+    command()

@@ -1,8 +1,8 @@
 """The tuning story of an experiment as one page: every sweep and run in launch order, what changed,
 what beat the best so far, whether that is more than seed noise, and which settings mattered.
 
-    python -m fer_exp.story [experiment=fer_exp] [metric=best_val_accuracy] [out=outputs/story]
-                            [tracking_dir=mlruns | tracking_uri=http://...]
+    python -m fer_exp.story [metric=best_val_accuracy] [out=outputs/story]
+                            [tracking.experiment=fer_exp] [tracking.dir=mlruns | tracking.uri=http://...]
 
 Writes story.html (self-contained: its figures embedded, nothing fetched from the network) and
 story.md (its figures beside it) into `out`, prints their paths and logs them to the experiment's
@@ -23,12 +23,11 @@ from fer_exp.config import choices
 from fer_exp.story_page import Section, Story
 from fer_exp.sweeps import results
 
-DEFAULTS = {
-    "experiment": "fer_exp",
-    "metric": "best_val_accuracy",
-    "out": "outputs/story",
-    "tracking_dir": "mlruns",
-    "tracking_uri": None,
+KEYS = {
+    "metric": ("best_val_accuracy", "the score the story follows (a loss: lower is better)"),
+    "out": ("outputs/story", "where story.html, story.md and their figures go"),
+    **cli.EXPERIMENT,
+    **cli.TRACKING,
 }
 STORY = "story"  # the role (tag fer_exp.role) of the run that holds an experiment's story pages
 MIN_IMPORTANCE_RUNS = 10  # fewer comparable runs than this: a main-effects table, no importance
@@ -159,31 +158,31 @@ def build(records: list[dict], experiment: str, metric: str) -> Story:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = cli.parse(argv, DEFAULTS, __doc__)
+    args = cli.parse(argv, KEYS, __doc__)
     if (uri := cli.store_uri(args)) is None:
         return 2
     start = time.perf_counter()
     try:
         with tracking.quick_failures():
             tracking.connect(uri)
-            records = tracking.experiment_runs(args.experiment)
+            records = tracking.experiment_runs(args.tracking.experiment)
     except LookupError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except tracking.TrackingError as e:
         print(f"error: {tracking.describe_error(e, uri)}", file=sys.stderr)
         return 2
-    story = build(records, args.experiment, args.metric)
+    story = build(records, args.tracking.experiment, args.metric)
     if not story.jobs:
-        print(f"experiment {args.experiment!r} has no runs yet: the page says so", file=sys.stderr)
+        print(f"experiment {args.tracking.experiment!r} has no runs yet: the page says so", file=sys.stderr)
     elif not any(s is not None for s in story.scores):
         print(
-            f"no run of experiment {args.experiment!r} has the metric {args.metric!r} yet: the page shows what ran",
+            f"no run of experiment {args.tracking.experiment!r} has the metric {args.metric!r} yet: the page shows what ran",
             file=sys.stderr,
         )
     files = story_page.write(story, Path(args.out))
     try:
-        tracking.log_story(args.experiment, STORY, files)
+        tracking.log_story(args.tracking.experiment, STORY, files)
     except tracking.TrackingError as e:  # the page is written; the store may be read-only to this user
         print(f"warning: could not log the story to the store: {e}", file=sys.stderr)
     print(

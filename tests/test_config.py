@@ -140,16 +140,33 @@ def test_lr_abc_fails_before_any_work_with_one_line(tmp_path):
     assert "Traceback" not in p.stderr and not (tmp_path / "mlruns").exists()  # no run, no store: nothing started
 
 
-@pytest.mark.parametrize("tool", ["compare", "ensemble", "evaluate", "sync"])
+@pytest.mark.parametrize("tool", ["compare", "story", "ensemble", "evaluate", "sync"])
 def test_every_tool_lists_its_keys_and_names_an_unknown_one(tool, capsys):
     module = importlib.import_module(f"fer_exp.{tool}")
     with pytest.raises(SystemExit) as exit_:
         module.main(["--help"])
     out = capsys.readouterr().out
-    assert exit_.value.code == 0 and all(f"  {k}=" in out for k in module.DEFAULTS)
+    assert exit_.value.code == 0 and "tracking.dir=" in out
+    for key, (_, meaning) in module.KEYS.items():
+        assert any(line.startswith(f"  {key}=") and line.endswith(meaning) for line in out.splitlines()), key
     with pytest.raises(SystemExit) as exit_:
         module.main(["bogus_key=1"])
     assert exit_.value.code == 2 and "error: unknown key(s): bogus_key" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        module.main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.startswith("fer_exp ")
+
+
+def test_the_old_store_keys_still_work_and_experiment_is_only_a_preset(tmp_path, capsys):
+    from fer_exp import compare
+
+    assert compare.main([f"tracking_dir={tmp_path / 'none'}"]) == 2  # the old name: an alias
+    assert f"no MLflow store at {tmp_path / 'none'}" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        compare.main(["experiment=fast"])
+    assert (
+        exit_.value.code == 2 and "the MLflow experiment to read is tracking.experiment=NAME" in capsys.readouterr().err
+    )
 
 
 def test_augment_seed_is_the_former_name_of_augment_notebook_until_0_2(compose):

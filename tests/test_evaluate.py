@@ -49,7 +49,7 @@ def test_evaluate_a_logged_run_on_a_new_labelled_folder(tmp_path, trained, capsy
                 f"data_dir={tmp_path / 'new' / 'test'}",
                 "tta=4",
                 f"out_dir={tmp_path / 'ev'}",
-                f"tracking_dir={store}",
+                f"tracking.dir={store}",
             ]
         )
         == 0

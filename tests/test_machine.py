@@ -135,6 +135,7 @@ def test_peak_comes_from_this_cpus_bench_file(tmp_path, monkeypatch):
 def test_every_epoch_logs_its_speed_and_its_mfu_where_the_peak_is_known(tmp_path, compose, monkeypatch):
     from fer_exp.training.job import train
 
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.5")  # MLflow's own; 10 s by default
     monkeypatch.setattr(machine, "BENCH_RESULTS", tmp_path / "bench")
     machine.bench_file().parent.mkdir()
     machine.bench_file().write_text(json.dumps({"peak": {"float32 matmul 2048^3": {"value": 100.0}}}))
@@ -149,3 +150,5 @@ def test_every_epoch_logs_its_speed_and_its_mfu_where_the_peak_is_known(tmp_path
     for images, gflops, mfu in zip(*history.values()):
         assert images.value > 0 and gflops.value == pytest.approx(images.value * per_image)
         assert mfu.value == pytest.approx(gflops.value / 100.0)
+    system = client.get_run(run_id).data.metrics
+    assert system["system/cpu_utilization_percentage"] > 0 and system["system/system_memory_usage_megabytes"] > 0

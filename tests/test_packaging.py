@@ -51,3 +51,28 @@ def test_an_installed_wheel_runs_with_its_own_configs_and_not_the_machines(tmp_p
         text=True,
     )
     assert job.returncode == 0 and "name: vgg" in job.stdout and "threads: null" in job.stdout, job.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_the_console_script_runs_every_command_and_provenance_records_its_form(tmp_path):
+    from helpers.runner import cli, store
+
+    fer_exp = ROOT / ".venv" / "bin" / "fer-exp"
+    if not fer_exp.exists():
+        pytest.skip(f"{fer_exp} is missing: `make install` writes it")
+    version = subprocess.run([str(fer_exp), "--version"], capture_output=True, text=True, env=user_env())
+    assert version.returncode == 0 and version.stdout.startswith("fer_exp ")
+    listing = subprocess.run([str(fer_exp)], capture_output=True, text=True, env=user_env()).stdout
+    assert all(f"  {c} " in listing for c in ("run", "compare", "story", "reproduce", "sync", "predict"))
+    p = subprocess.run(
+        [str(fer_exp), "run", *cli(tmp_path, "debug=tiny")[3:]],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=user_env(),
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    _, runs = store(tmp_path)
+    assert runs[0].data.tags["fer_exp.command"].startswith("fer-exp run debug=tiny")
+    p = subprocess.run([str(fer_exp), "compare", "--help"], capture_output=True, text=True, env=user_env())
+    assert p.returncode == 0 and "tracking.dir=mlruns" in p.stdout

@@ -181,6 +181,27 @@ def test_changed_data_is_refused_before_any_epoch(tmp_path, capsys, monkeypatch)
     assert "data root not found" in capsys.readouterr().err
 
 
+@slow
+def test_a_data_root_with_a_space_is_recorded_whole_compared_and_reproduced(tmp_path, capsys):
+    from fer_exp import compare
+
+    for name in ("my faces", "your faces"):
+        write_folders(tmp_path / name, per_class=3)
+    roots = f"{tmp_path / 'my faces'},{tmp_path / 'your faces'}"
+    p = run_in(ROOT, tmp_path, "run", "-m", "debug=tiny", "data=fer2013", f"data.root={roots}", "data.register_as=null")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert compare.main([f"tracking.dir={tmp_path / 'mlruns'}", f"out_dir={tmp_path / 'compare'}"]) == 0
+    table = capsys.readouterr().out
+    assert f"data.root={tmp_path / 'my faces'}" in table and f"data.root={tmp_path / 'your faces'}" in table
+
+    _, runs = runs_by_role(tmp_path)
+    run_id = next(r.info.run_id for r in runs["job"] if r.data.params["data.root"] == str(tmp_path / "my faces"))
+    p = run_in(ROOT, tmp_path, "reproduce", run_id)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "same: today's conf/ composes the run's config" in p.stdout  # its overrides, whole, composed today
+    assert ": identical: every metric equal" in verdicts(p)[0]
+
+
 def test_data_digests_match_what_load_data_records_without_decoding(folders):
     cfg = {
         "format": "folders",

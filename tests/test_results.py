@@ -38,7 +38,7 @@ def test_compare_prints_sorted_table_and_logs_png(sweep_store, tmp_path):
     tmp, client, parent, children = sweep_store
     assert "compare.png" in {a.path for a in client.list_artifacts(parent)}  # drawn when the sweep ended
     p = subprocess.run(
-        [sys.executable, "-m", "fer_exp.compare", f"tracking_dir={tmp / 'mlruns'}", f"out_dir={tmp_path}"],
+        [sys.executable, "-m", "fer_exp.compare", f"tracking.dir={tmp / 'mlruns'}", f"out_dir={tmp_path}"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -86,10 +86,10 @@ def test_compare_shows_running_jobs_and_only_differing_overrides(tmp_path):
 
 
 def test_compare_errors_are_clear(tmp_path):
-    assert compare.main([f"tracking_dir={tmp_path / 'none'}"]) == 2
+    assert compare.main([f"tracking.dir={tmp_path / 'none'}"]) == 2
     exp = tracking.configure(None, tmp_path / "mlruns")
     run = MlflowClient().create_run(exp).info.run_id
-    assert compare.main([f"tracking_dir={tmp_path / 'mlruns'}"]) == 2  # no sweep yet
+    assert compare.main([f"tracking.dir={tmp_path / 'mlruns'}"]) == 2  # no sweep yet
     with pytest.raises(results.CompareError, match="not a sweep"):
         results.find_sweep("fer_exp", run)
 
@@ -220,8 +220,19 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
 
 
 def test_overrides_come_from_the_tag_or_the_run_name():
-    assert results.parse_overrides("model=deep lr=0.001") == {"model": "deep", "lr": "0.001"}
-    assert results.parse_overrides("model=deep,lr=0.001,model.filters=[8,16]") == {
+    def job(tag=None, name="defaults"):
+        return {"name": name, "tags": {tracking.TAG_OVERRIDES: tag} if tag else {}}
+
+    spaced = ["data.root=/data/my faces", "model.filters=[8, 16]", "+extra=1", "~seed"]
+    assert tracking.decode_overrides(tracking.encode_overrides(spaced)) == spaced
+    assert results.job_overrides(job(tracking.encode_overrides(spaced))) == {
+        "data.root": "/data/my faces",
+        "model.filters": "[8, 16]",
+        "extra": "1",
+        "seed": "",
+    }
+    assert results.job_overrides(job("model=deep lr=0.001")) == {"model": "deep", "lr": "0.001"}  # an older run's tag
+    assert results.job_overrides(job(name="model=deep,lr=0.001,model.filters=[8,16]")) == {
         "model": "deep",
         "lr": "0.001",
         "model.filters": "[8,16]",

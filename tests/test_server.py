@@ -375,7 +375,7 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
         from fer_exp import compare  # in-process, with no credentials in the environment
 
         capsys.readouterr()
-        assert compare.main([f"tracking_uri={server.url}", f"experiment={experiment}"]) == 2
+        assert compare.main([f"tracking_uri={server.url}", f"tracking.experiment={experiment}"]) == 2
         assert "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD" in capsys.readouterr().err
 
         os.environ.update({"MLFLOW_TRACKING_USERNAME": "viewer", "MLFLOW_TRACKING_PASSWORD": users["viewer"]})

@@ -69,7 +69,7 @@ def big_store(tmp_path_factory):
 
 def test_five_hundred_runs_render_in_under_ten_seconds(big_store, tmp_path, capsys):
     start = time.perf_counter()
-    assert story.main([f"tracking_dir={big_store}", f"out={tmp_path}"]) == 0
+    assert story.main([f"tracking.dir={big_store}", f"out={tmp_path}"]) == 0
     seconds = time.perf_counter() - start
     print(f"\nstory of a generated 500-run store: {seconds:.1f} s (MLflow already imported)", file=sys.stderr)
     assert seconds < 10
@@ -89,23 +89,23 @@ def test_five_hundred_runs_render_in_under_ten_seconds(big_store, tmp_path, caps
 
 
 def test_bad_input_is_one_line_and_the_page_still_renders(tmp_path, capsys):
-    assert story.main([f"tracking_dir={tmp_path / 'nowhere'}"]) == 2
+    assert story.main([f"tracking.dir={tmp_path / 'nowhere'}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
     store = generate_store(tmp_path / "store", sweeps=1, jobs_per_sweep=4)
     capsys.readouterr()  # MLflow creating the tables
-    assert story.main([f"tracking_dir={store}", f"out={tmp_path / 'a'}"]) == 0
+    assert story.main([f"tracking.dir={store}", f"out={tmp_path / 'a'}"]) == 0
     page = (tmp_path / "a" / "story.html").read_text()
     assert "Importance needs about 10 comparable runs that vary a setting; there are 4 comparable run(s)" in page
-    assert story.main([f"tracking_dir={store}", "experiment=nope", f"out={tmp_path / 'b'}"]) == 2
+    assert story.main([f"tracking.dir={store}", "tracking.experiment=nope", f"out={tmp_path / 'b'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: no experiment 'nope' in this store (there: ") and "\n" not in err
-    assert story.main([f"tracking_dir={store}", "metric=f1_macro", f"out={tmp_path / 'c'}"]) == 0
+    assert story.main([f"tracking.dir={store}", "metric=f1_macro", f"out={tmp_path / 'c'}"]) == 0
     assert "has the metric 'f1_macro'" in capsys.readouterr().err
     assert "No run has the metric yet." in (tmp_path / "c" / "story.html").read_text()
     from mlflow.tracking import MlflowClient
 
     MlflowClient(f"sqlite:///{store}/mlflow.db").create_experiment("empty")
-    assert story.main([f"tracking_dir={store}", "experiment=empty", f"out={tmp_path / 'd'}"]) == 0
+    assert story.main([f"tracking.dir={store}", "tracking.experiment=empty", f"out={tmp_path / 'd'}"]) == 0
     assert "This experiment has no runs yet." in (tmp_path / "d" / "story.html").read_text()
 
 
@@ -118,7 +118,7 @@ def test_two_real_sweeps_tell_their_story_in_a_browser_without_network(tiny_swee
     assert p.returncode == 0, p.stderr[-3000:]
     out = tmp_path / "story"
     p = subprocess.run(
-        [sys.executable, "-m", "fer_exp.story", f"tracking_dir={tmp_path / 'mlruns'}", f"out={out}"],
+        [sys.executable, "-m", "fer_exp.story", f"tracking.dir={tmp_path / 'mlruns'}", f"out={out}"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -7,7 +7,7 @@ import sys
 
 import mlflow
 import pytest
-from helpers.runner import ROOT, jobs, run_cli, store, user_env
+from helpers.runner import CONF, ROOT, jobs, run_cli, store, user_env
 
 slow = pytest.mark.slow
 
@@ -19,8 +19,30 @@ def test_nan_loss_fails_the_job_at_once_with_the_reason(tmp_path):
     _, runs = store(tmp_path)
     (run,) = jobs(runs)
     assert run.info.status == "FAILED"
-    assert run.data.tags["fer_exp.error"].startswith("FloatingPointError: training loss became nan at epoch 1")
+    assert run.data.tags["fer_exp.error"].startswith("RuntimeError: NaN or Inf loss encountered at batch")  # Keras
     assert "loss" not in run.data.metrics or len(mlflow.MlflowClient().get_metric_history(run.info.run_id, "loss")) == 0
+
+
+@slow
+def test_fail_fast_ends_the_sweep_at_the_first_failed_job(tmp_path):
+    p = run_cli(tmp_path, "-m", "optimizer=sgd", "lr=1e30,1e-3,1e-2", "model=shallow", "debug=tiny", "fail_fast=true")
+    assert p.returncode == 1
+    assert (
+        "fail_fast=true: job optimizer=sgd,lr=1e+30,model=shallow,debug=tiny failed, so the sweep ends here"
+        in p.stdout + p.stderr
+    )
+    _, runs = store(tmp_path)
+    (job,) = jobs(runs)  # the other two never started
+    (parent,) = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
+    assert job.info.status == "FAILED" and parent.info.status == "FAILED"
+
+
+def test_two_sweeps_started_in_the_same_second_get_folders_of_their_own():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        first, second = (compose("config", return_hydra_config=True).hydra.sweep.dir for _ in range(2))
+    assert first != second and len(first.rsplit(".", 1)[1]) == 6  # to the microsecond
 
 
 def test_max_minutes_stops_after_the_epoch_in_progress(tmp_path, compose):

@@ -70,11 +70,13 @@ def count_table(splits: dict[str, Split], classes: list[str]) -> str:
 
 
 def class_weights(labels: np.ndarray, num_classes: int) -> dict[int, float]:
-    """'balanced' weights: n_samples / (n_classes * count), for classes present."""
-    counts = np.bincount(labels, minlength=num_classes)
-    present = counts > 0
-    w = len(labels) / (present.sum() * np.maximum(counts, 1))
-    return {i: float(w[i]) for i in range(num_classes) if present[i]}
+    """scikit-learn's 'balanced' weights, n_samples / (n_classes * count), for the classes present, as
+    Keras's fit(class_weight=) takes them."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights)}
 
 
 def with_fallback(cfg: dict) -> dict:

@@ -34,10 +34,13 @@ def make_views(images: np.ndarray, n_views: int, shift: int = 3) -> list[np.ndar
     return views[:n_views]
 
 
-def view_probabilities(model, images: np.ndarray, n_views: int = 1, batch_size: int = 256) -> np.ndarray:
+def view_probabilities(
+    model, images: np.ndarray, n_views: int = 1, batch_size: int = 256, verbose: int = 0
+) -> np.ndarray:
     """Class probabilities (n_views, N, classes) for each view of uint8 (N, H, W) images.
 
     One predict call over all views (each call has a fixed set-up cost); views are scaled per batch.
+    verbose: Keras's predict progress (0 none, 1 a bar, 2 a line at the end).
     """
     import tensorflow as tf
 
@@ -45,7 +48,7 @@ def view_probabilities(model, images: np.ndarray, n_views: int = 1, batch_size: 
 
     views = np.concatenate(make_views(images, n_views))
     ds = tf.data.Dataset.from_tensor_slices(views).batch(batch_size).map(to_inputs)
-    probs = np.asarray(model.predict(ds, verbose=0), dtype=np.float64)
+    probs = np.asarray(model.predict(ds, verbose=verbose), dtype=np.float64)
     return probs.reshape(n_views, len(images), -1)
 
 
@@ -61,12 +64,19 @@ class Evaluation:
 
 
 def evaluate(
-    model, images: np.ndarray, labels: np.ndarray | None, classes: list[str], tta_views: int = 1, batch_size: int = 256
+    model,
+    images: np.ndarray,
+    labels: np.ndarray | None,
+    classes: list[str],
+    tta_views: int = 1,
+    batch_size: int = 256,
+    verbose: int = 0,
 ) -> Evaluation:
-    """Predict uint8 (N, H, W) images single view and with `tta_views` views; score them when labels are given."""
+    """Predict uint8 (N, H, W) images single view and with `tta_views` views; score them when labels are given.
+    verbose: as view_probabilities."""
     from sklearn.metrics import classification_report, confusion_matrix
 
-    views = view_probabilities(model, images, tta_views, batch_size)
+    views = view_probabilities(model, images, tta_views, batch_size, verbose)
     evaluation = Evaluation(single=views[0], probs=views.mean(axis=0))
     if labels is None:
         return evaluation
@@ -89,14 +99,15 @@ def log_evaluation(
     tta_views: int,
     title: str,
     history: dict | None = None,
+    verbose: int = 0,
 ) -> Evaluation:
     """Evaluate `model` (saved as `model_file`) on `val` and log it all on the active run; the
-    figures and report are written beside `model_file`."""
+    figures and report are written beside `model_file`. verbose: the prediction's progress (see evaluate)."""
     from fer_exp import plots, tracking
     from fer_exp.data.pipeline import to_inputs
 
     out = model_file.parent
-    evaluation = evaluate(model, val.images, val.labels, classes, tta_views)
+    evaluation = evaluate(model, val.images, val.labels, classes, tta_views, verbose=verbose)
     files = [model_file, write_classes(model_file, classes)]
     if history is not None:
         plots.save(plots.training_curves(history, title=title), out / "curves.png")

@@ -12,6 +12,6 @@ __getattr__, __all__ = lazy_exports(
     __name__,
     {
         "SweepRun": "lifecycle",
-        **dict.fromkeys(["CompareError", "find_sweep", "job_rows", "parse_overrides", "table"], "results"),
+        **dict.fromkeys(["CompareError", "find_sweep", "job_rows", "job_overrides", "table"], "results"),
     },
 )

@@ -33,7 +33,7 @@ class SweepRun(Callback):
         store = config.tracking
         tags = {
             tracking.TAG_SWEEP_DIR: str(config.hydra.sweep.dir),
-            tracking.TAG_OVERRIDES: " ".join(config.hydra.overrides.task),
+            tracking.TAG_OVERRIDES: tracking.encode_overrides(config.hydra.overrides.task),
         }
         try:
             experiment_id = tracking.configure(store.uri, store.dir, store.experiment)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from fer_exp import tracking
-from fer_exp.config import is_choice
+from fer_exp.config import is_choice, override_values
 
 # A summary metric and the per-epoch metric it summarises (what running jobs have so far).
 PER_EPOCH = {"best_val_accuracy": "val_accuracy", "val_accuracy_tta": "val_accuracy"}
@@ -19,9 +19,11 @@ class CompareError(Exception):
     """No such sweep or experiment: the message says what to pass instead."""
 
 
-def parse_overrides(text: str) -> dict[str, str]:
-    """'model=deep lr=0.001' (the overrides tag) or 'model=deep,lr=0.001' (a job's run name) -> a dict."""
-    return dict(item.split("=", 1) for item in re.split(r"\s+|,(?=[\w.]+=)", text) if "=" in item)
+def job_overrides(job: dict) -> dict[str, str]:
+    """{key: value} of a job record's overrides tag, or of its run name ('model=deep,lr=0.001') without one."""
+    if tag := job["tags"].get(tracking.TAG_OVERRIDES):
+        return override_values(tracking.decode_overrides(tag))
+    return dict(item.split("=", 1) for item in re.split(r",(?=[\w.]+=)", job["name"]) if "=" in item)
 
 
 def lower_is_better(metric: str) -> bool:
@@ -64,7 +66,7 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
         rows.append(
             {
                 "run_id": j["run_id"],
-                "overrides": parse_overrides(j["tags"].get(tracking.TAG_OVERRIDES) or j["name"]),
+                "overrides": job_overrides(j),
                 "status": status(j),
                 "value": j["metrics"].get(metric, best_of(history, metric) if history else None),
                 "tta": j["metrics"].get("val_accuracy_tta"),

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
-from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import CodeDatasetSource, LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -84,7 +84,9 @@ def _log_files(paths: list[Path], folder: str | None) -> None:
 
 
 def _log_dataset(name: str, source: str, digest: str, context: str) -> None:
-    dataset = MetaDataset(_Source(source), name=name, digest=digest[:36])
+    # MLflow's own sources: a local folder or file, else (the synthetic set) the code that draws it
+    where = LocalArtifactDatasetSource(source) if Path(source).is_absolute() else CodeDatasetSource({"data": source})
+    dataset = MetaDataset(where, name=name, digest=digest[:36])
     for attempt in range(3):
         try:
             mlflow.log_input(dataset, context=context)
@@ -144,32 +146,3 @@ def replay(folder: Path) -> dict:
         mlflow.end_run(status)
     shutil.rmtree(folder)
     return get_record(run["run_id"])
-
-
-class _Source(DatasetSource):
-    """A dataset source that is just a path or name (folders, CSV, synthetic)."""
-
-    def __init__(self, uri: str):
-        self.uri = uri
-
-    @staticmethod
-    def _get_source_type() -> str:
-        return "fer_exp"
-
-    def load(self, **kwargs):
-        return self.uri
-
-    @staticmethod
-    def _can_resolve(raw_source) -> bool:
-        return False
-
-    @classmethod
-    def _resolve(cls, raw_source):
-        return cls(str(raw_source))
-
-    def to_dict(self) -> dict:
-        return {"uri": self.uri}
-
-    @classmethod
-    def from_dict(cls, source_dict: dict):
-        return cls(source_dict["uri"])

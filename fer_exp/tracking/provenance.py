@@ -85,8 +85,11 @@ def parse_environment(text: str) -> dict[str, str]:
 
 
 def command_line() -> str:
-    """This process's command as a user would type it: `python -m fer_exp.run ...` for a module."""
+    """This process's command as a user would type it: `python -m fer_exp.run ...` for a module,
+    `fer-exp run ...` for the console script (which names itself so in sys.argv[0])."""
     script = Path(sys.argv[0])
+    if script.name.startswith("fer-exp "):
+        return shlex.join([*script.name.split(), *sys.argv[1:]])
     if script.suffix == ".py" and script.resolve().parent == ROOT / "fer_exp":
         return shlex.join(["python", "-m", f"fer_exp.{script.stem}", *sys.argv[1:]])
     return shlex.join(sys.argv)

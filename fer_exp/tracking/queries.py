@@ -45,14 +45,10 @@ def resolve_run(ref: str) -> str:
     """The run id that `ref` names: a run id, runs:/<id>[/path] or models:/<name>@<alias> | models:/<name>/<version>."""
     if ref.startswith("runs:/"):
         return ref[len("runs:/") :].strip("/").split("/", 1)[0]
-    if ref.startswith("models:/"):
-        name_version = ref[len("models:/") :].strip("/")
-        client = MlflowClient()
-        if "@" in name_version:
-            name, alias = name_version.split("@", 1)
-            return client.get_model_version_by_alias(name, alias).run_id
-        name, _, version = name_version.partition("/")
-        return client.get_model_version(name, version).run_id
+    if ref.startswith("models:/"):  # MLflow resolves aliases, versions and logged-model ids itself
+        from mlflow.models import get_model_info
+
+        return get_model_info(ref).run_id
     return ref
 
 

@@ -4,6 +4,7 @@ logs, and writes to other runs by id (a sweep's parent, a rerun)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -27,6 +28,7 @@ from fer_exp.tracking.names import (
     TAG_HASH,
     TAG_HOST,
     TAG_LOCK,
+    TAG_MLFLOW_GIT_DIRTY,
     TAG_RAY_NODE,
     TAG_REUSED,
     TAG_ROLE,
@@ -46,7 +48,8 @@ def provenance_tags() -> tuple[dict[str, str], str, str]:
     code = provenance.code_state() or {}
     tags = {TAG_COMMAND: provenance.command_line()[:5000], TAG_LOCK: provenance.lock_hash() or "none"}
     if code:
-        tags.update({TAG_GIT_COMMIT: code["commit"], TAG_GIT_DIRTY: str(code["dirty"]).lower()})
+        dirty = str(code["dirty"]).lower()
+        tags.update({TAG_GIT_COMMIT: code["commit"], TAG_MLFLOW_GIT_DIRTY: dirty, TAG_GIT_DIRTY: dirty})
         if code["untracked"]:
             tags[TAG_UNTRACKED] = " ".join(code["untracked"])[:5000]
     return tags, code.get("patch", ""), provenance.environment_text()
@@ -87,8 +90,11 @@ def start_run(
         MlflowClient().get_run(parent).info.experiment_id if parent else None
     )  # the parent's, else the active one
     with writable():
+        # log_system_metrics: MLflow samples CPU, memory, disk and network (GPUs with nvidia-ml-py) as system/*;
+        # its start and stop lines at INFO would repeat in every job's output
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
         run_id = mlflow.start_run(
-            run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment
+            run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment, log_system_metrics=True
         ).info.run_id
     uri = mlflow.get_tracking_uri()
     if spool and is_server(uri):

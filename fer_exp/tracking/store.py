@@ -43,7 +43,7 @@ USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflo
 def missing_store(uri: str) -> str | None:
     """What to do when a local store `uri` names does not exist yet; None when it exists (or is a server)."""
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).exists():
-        return f"no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking_dir="
+        return f"no MLflow store at {uri[len('sqlite:///') :]}; run a sweep first or pass tracking.dir="
     return None
 
 

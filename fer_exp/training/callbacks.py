@@ -1,11 +1,10 @@
-"""Keras callbacks that keep a job safe and recorded: signals, non-finite losses, time budgets,
+"""Keras callbacks that keep a job safe and recorded: signals, time budgets,
 per-epoch metrics and speed, resumable checkpoints (the Optuna trial's reporter is sweeps.trial's)."""
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import signal
 import sys
@@ -56,20 +55,6 @@ class StopOnSignal(keras.callbacks.Callback):
 
     def on_test_batch_end(self, batch: int, logs=None) -> None:
         raise_if_signalled()
-
-
-class StopOnNonFinite(keras.callbacks.Callback):
-    """Fail the job at once when the training loss becomes NaN or infinite."""
-
-    def on_epoch_begin(self, epoch: int, logs=None) -> None:
-        self.epoch = epoch
-
-    def on_train_batch_end(self, batch: int, logs=None) -> None:
-        loss = float((logs or {}).get("loss", 0.0))
-        if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"training loss became {loss} at epoch {self.epoch + 1}, batch {batch + 1}; try a lower lr"
-            )
 
 
 class TimeBudget(keras.callbacks.Callback):

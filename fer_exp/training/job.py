@@ -23,7 +23,6 @@ from fer_exp.training.callbacks import (
     DROP_HDF5_NOTICE,
     EpochCheckpoint,
     EpochLogger,
-    StopOnNonFinite,
     StopOnSignal,
     TimeBudget,
     fit_verbosity,
@@ -126,7 +125,15 @@ def make_callbacks(
     """(the callbacks of fit, the Watch on those whose outcome is read after fit)."""
     early_stopping = config["early_stopping"]
     watch = Watch(TimeBudget(config["max_minutes"]), EpochCheckpoint(out / "checkpoint", best, history), trial=trial)
-    callbacks = [StopOnSignal(), StopOnNonFinite(), best, EpochLogger(), speed, watch.budget, watch.checkpoint]
+    callbacks = [
+        StopOnSignal(),
+        keras.callbacks.TerminateOnNaN(raise_error=True),
+        best,
+        EpochLogger(),
+        speed,
+        watch.budget,
+        watch.checkpoint,
+    ]
     callbacks += [trial] if trial else []
     if early_stopping["patience"] > 0:
         watch.stopper = keras.callbacks.EarlyStopping(
@@ -203,7 +210,10 @@ def describe_model(model: keras.Model, config: dict) -> str:
 def machine_tags(config: dict, overrides, interrupted: dict | None) -> tuple[dict[str, str], dict[str, str]]:
     """(the machine: CPU, GPUs, the precision and kernels chosen for it; the run's tags, those included)."""
     where = machine.describe(config["precision"])
-    tags = {tracking.TAG_OVERRIDES: " ".join(overrides), **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()}}
+    tags = {
+        tracking.TAG_OVERRIDES: tracking.encode_overrides(overrides),
+        **{f"{tracking.TAG_MACHINE}.{k}": v for k, v in where.items()},
+    }
     return where, {**tags, **({tracking.TAG_RESUMED_FROM: interrupted["run_id"]} if interrupted else {})}
 
 
