@@ -148,7 +148,8 @@ def test_champion_is_served_over_http(sweep_store):
 @pytest.mark.skipif(CHROMIUM is None, reason="Chromium not installed (.ci/run installs Debian's chromium)")
 def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_store):
     """The link the sweep prints opens the runs table with every job listed and its validation accuracy
-    in a column, no click needed; its chart view compares the jobs. Screenshots of both are saved."""
+    in a column, no click needed, and no run of another sweep; its chart view compares the jobs.
+    Screenshots of both are saved."""
     playwright = pytest.importorskip("playwright.sync_api")
     tmp, client, parent, children = sweep_store
     port = free_port()
@@ -164,6 +165,15 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
         == client.get_run(summary.tags["fer_exp.best_run"]).data.metrics["best_val_accuracy"]
     )
     url = tracking.view_link(exp_id, parent, f"http://127.0.0.1:{port}")
+    # a second sweep in the same experiment (its parent and a job, as the runner tags them): not in this view
+    other = client.create_run(exp_id, run_name="another sweep", tags={"fer_exp.role": "sweep"}).info.run_id
+    client.set_tag(other, "fer_exp.sweep_id", other)
+    stranger = "model=shallow,lr=0.5,seed=99"
+    tags = {"mlflow.parentRunId": other, "fer_exp.sweep_id": other, "fer_exp.role": "job"}
+    job = client.create_run(exp_id, run_name=stranger, tags=tags).info.run_id
+    client.log_metric(job, "best_val_accuracy", 0.99)  # it would sort first
+    for run_id in (job, other):
+        client.set_terminated(run_id)
     server = subprocess.Popen(
         command,
         shell=True,
@@ -204,6 +214,7 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
                     ".0"
                 )  # as JavaScript prints it: 1, 0.2142857...
                 assert value in shown.split(), (r["name"], value, shown)
+            assert page.get_by_text(stranger).count() == 0 and page.get_by_text("another sweep").count() == 0
             page.screenshot(path=str(shots / "mlflow-ui-sweep.png"))
             page.goto(url + "&compareRunsMode=CHART")
             page.get_by_text("Model metrics").first.wait_for(timeout=60_000)
@@ -214,6 +225,8 @@ def test_mlflow_ui_compares_the_sweep_at_first_sight_in_a_real_browser(sweep_sto
     finally:
         os.killpg(server.pid, 15)
         server.wait(30)
+        for run_id in (job, other):  # the store is the session's: its other readers see one sweep
+            client.delete_run(run_id)
     assert (shots / "mlflow-ui-sweep.png").stat().st_size > 20_000 and (
         shots / "mlflow-ui-sweep-charts.png"
     ).stat().st_size > 20_000

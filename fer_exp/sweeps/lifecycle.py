@@ -143,7 +143,6 @@ def finish_sweep(status: str | None = None, out_dir: str | Path | None = None, j
     failed = [j for j in jobs if j["status"] != "FINISHED"]
     prefix = tracking.TAG_REUSED + "."
     reused = [k[len(prefix) :] for k in tracking.get_record(parent)["tags"] if k.startswith(prefix)]
-    tracking.set_tags({tracking.TAG_SWEEP: parent}, run_id=parent)
     lines = [f"\nSweep {parent}: {len(jobs)} job(s), {len(failed)} not finished"]
     if reused:
         lines.append(f"{len(reused)} job(s) already FINISHED earlier, reused: {', '.join(reused)}")

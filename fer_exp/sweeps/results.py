@@ -92,8 +92,9 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
 
 
 def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dict:
-    """The MLflow UI's view of a sweep (see tracking.share_view): the parent row expanded so that every
-    job is listed, best first, with the metric, TTA, epochs, seconds and the params that differ as columns."""
+    """The MLflow UI's view of a sweep (see tracking.share_view): filtered to the sweep's own runs (its
+    parent, its jobs, its ensembles: tag fer_exp.sweep_id), the parent row expanded so that every job is
+    listed, best first, with the metric, TTA, epochs, seconds and the params that differ as columns."""
     params = set().union(*(j["params"] for j in jobs))
     settings = [
         k if k in params else f"{k}.name" for k in (rows[0]["settings"] if rows else {})
@@ -101,6 +102,7 @@ def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dic
     columns = [f"metrics.`{m}`" for m in dict.fromkeys((metric, "val_accuracy_tta", "epochs_run", "train_seconds"))]
     columns += [f"params.`{k}`" for k in settings if k in params]
     return {
+        "searchFilter": f"tags.`{tracking.TAG_SWEEP}` = '{parent}'",
         "orderByKey": f"metrics.`{metric}`",
         "orderByAsc": lower_is_better(metric),
         "selectedColumns": columns,

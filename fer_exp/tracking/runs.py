@@ -134,6 +134,9 @@ def create_sweep_run(experiment_id: str, name: str, tags: dict[str, str]) -> str
     client = MlflowClient()
     with writable():
         run_id = client.create_run(experiment_id, run_name=name, tags={TAG_ROLE: "sweep", **known, **tags}).info.run_id
+    client.set_tag(
+        run_id, TAG_SWEEP, run_id
+    )  # the sweep's own runs, parent included, share the tag: its UI view's filter
     client.log_text(run_id, env, "environment.txt")
     if patch:
         client.log_text(run_id, patch, PATCH)
