@@ -157,6 +157,34 @@ def sweep_comparison(rows: list[dict], metric: str, title: str = "") -> plt.Figu
     return fig
 
 
+def cost_front(
+    points: list[tuple[float | None, float | None]],
+    labels: list[str],
+    front: list[bool],
+    metric: str,
+    title: str = "",
+) -> plt.Figure:
+    """Each run's score against its training minutes; the front (no run better for less) joined and labelled.
+
+    points: (minutes, score) per run, None where unknown (those are left out); front: per run.
+    """
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    known = [(m, s, label, f) for (m, s), label, f in zip(points, labels, front) if m is not None and s is not None]
+    if known:
+        ax.scatter([m for m, *_ in known], [s for _, s, *_ in known], color="0.6", s=22, label="runs", zorder=2)
+        best = sorted((m, s, label) for m, s, label, f in known if f)
+        ax.plot([m for m, *_ in best], [s for _, s, _ in best], "o-", color="tab:red", label="front", zorder=3)
+        for m, s, label in best:
+            ax.annotate(label, (m, s), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no finished run with training minutes yet", ha="center", transform=ax.transAxes)
+    ax.set(xlabel="training minutes", ylabel=metric, title=title or "cost: score against training minutes")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def probability_timeline(times: np.ndarray, probs: np.ndarray, classes: list[str], title: str = "") -> plt.Figure:
     """One line per class: its probability over time (seconds), e.g. for the largest face of a clip."""
     fig, ax = plt.subplots(figsize=(10, 4))

@@ -151,6 +151,34 @@ def section(i: int, s: Section, story: Story) -> list[tuple]:
     return out
 
 
+def cost_front(story: Story) -> list[tuple[dict, float | None, float, float | None]]:
+    """(job, score, training minutes, PFLOP) of the runs on the cost front, cheapest first."""
+    costs = [results.training_cost(j) for j in story.jobs]
+    front = results.pareto_front([(s, m) for s, (m, _) in zip(story.scores, costs)], story.metric)
+    on = [(j, s, m, p) for j, s, (m, p), f in zip(story.jobs, story.scores, costs, front) if f]
+    return sorted(on, key=lambda row: row[2])
+
+
+def cost(story: Story, figures: dict[str, Path]) -> list[tuple]:
+    """The cost view: score against training minutes, and the front as a table (the cheapest run that
+    reaches a score is the first row at or above it)."""
+    out: list[tuple] = [("h2", "Cost")]
+    rows = cost_front(story)
+    if not rows:
+        return [*out, ("p", "No finished run has recorded its training minutes yet.")]
+    out.append(
+        (
+            "p",
+            "Each run's score against its training minutes. On the front: the runs that no other run beats for "
+            "fewer minutes, cheapest first; the cheapest config that reaches a score is the first row at or above it.",
+        )
+    )
+    if "cost" in figures:
+        out.append(("img", figures["cost"], "each run's score against its training minutes, the front joined"))
+    table = [[j["name"], pct(s), f"{m:.1f}", "-" if p is None else f"{p:.3g}"] for j, s, m, p in rows]
+    return [*out, ("table", ["run on the front", story.metric, "training minutes", "PFLOP"], table)]
+
+
 def blocks(story: Story, figures: dict[str, Path]) -> list[tuple]:
     """The page as a list of (kind, ...) blocks, rendered to HTML and Markdown alike."""
     out: list[tuple] = [("h1", f"The tuning story of experiment {story.experiment}"), *headline(story)]
@@ -159,7 +187,7 @@ def blocks(story: Story, figures: dict[str, Path]) -> list[tuple]:
     out += [("h2", "Timeline"), ("p", runs)]
     if "timeline" in figures:
         out.append(("img", figures["timeline"], "every run's score in launch order"))
-    out += [("h2", "Noise"), *noise(story)]
+    out += [*cost(story, figures), ("h2", "Noise"), *noise(story)]
     for i, s in enumerate(story.sections, 1):
         out += section(i, s, story)
     out += [("h2", "What mattered"), ("p", story.importance_note)]
@@ -250,6 +278,15 @@ def draw(story: Story, out: Path) -> dict[str, Path]:
                 lower_is_better=results.lower_is_better(story.metric),
             ),
             figures["timeline"],
+        )
+    if front := cost_front(story):
+        figures["cost"] = out / "story_cost.png"
+        costs = [results.training_cost(j)[0] for j in story.jobs]
+        ids = {j["run_id"] for j, *_ in front}
+        on = [j["run_id"] in ids for j in story.jobs]
+        plots.save(
+            plots.cost_front(list(zip(costs, story.scores)), [j["name"] for j in story.jobs], on, story.metric),
+            figures["cost"],
         )
     if story.importance:
         figures["parallel"] = out / "story_parallel.png"

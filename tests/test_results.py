@@ -250,3 +250,13 @@ def test_overrides_come_from_the_tag_or_the_run_name():
         "lr": "0.001",
         "model.filters": "[8,16]",
     }
+
+
+def test_the_cost_front_is_the_runs_no_other_beats_for_less():
+    points = [(0.60, 10.0), (0.50, 5.0), (0.55, 20.0), (None, 1.0), (0.60, 12.0), (0.70, None)]
+    assert results.pareto_front(points, "best_val_accuracy") == [True, True, False, False, False, False]
+    losses = [(0.9, 10.0), (1.2, 5.0), (1.0, 20.0)]
+    assert results.pareto_front(losses, "val_loss") == [True, True, False]
+    job = {"metrics": {"train_seconds": 90.0, "train_gflop_per_image": 0.5, "data_train_images": 1000, "epochs_run": 4}}
+    assert results.training_cost(job) == (1.5, 0.5 * 1000 * 4 / 1e6)
+    assert results.training_cost({"metrics": {}}) == (None, None)

@@ -20,6 +20,9 @@ slow = pytest.mark.slow
 def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
     tmp_path, p = tiny_sweep
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-4000:]
+    output = p.stdout + p.stderr  # a new store: no earlier run to estimate from; then an ETA after each job
+    assert "4 jobs (no earlier run to go by: no time estimate)" in output
+    assert all(f"job {k} of 4 done, ETA " in output for k in (1, 2, 3, 4))
     client, runs = store(tmp_path)
     parents = [r for r in runs if r.data.tags.get("fer_exp.role") == "sweep"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"

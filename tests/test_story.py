@@ -137,6 +137,7 @@ def test_two_real_sweeps_tell_their_story_in_a_browser_without_network(tiny_swee
         assert parent.info.run_id in page and parent.data.tags["fer_exp.command"] in page.replace("&#x27;", "'")
     assert "model=deep,shallow lr=1e-4,1e-3" in page and "lr=3e-4 seed=1,2,3" in page
     assert re.search(r"lr=0.0003,debug=tiny</td><td>\d+\.\d% ± \d+\.\d points</td><td>3</td>", page), page[:3000]
+    assert "<h2 id=" in page and ">Cost</h2>" in page and "<th>run on the front</th>" in page
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (.ci/run installs Debian's chromium): the page was checked as text only")
     playwright = pytest.importorskip("playwright.sync_api")
@@ -162,6 +163,9 @@ def test_two_real_sweeps_tell_their_story_in_a_browser_without_network(tiny_swee
         assert timeline.is_visible() and timeline.evaluate("img => img.naturalWidth") > 300
         for parent in parents:
             assert page_.locator("h2", has_text=parent.info.run_id).is_visible()
+        cost = page_.locator('img[alt="each run\'s score against its training minutes, the front joined"]')
+        assert cost.is_visible() and cost.evaluate("img => img.naturalWidth") > 300
+        assert page_.get_by_role("columnheader", name="run on the front").is_visible()
         page_.screenshot(path=str(shot))
         browser.close()
     assert not [u for u in asked if not u.startswith(("file:", "data:"))]

@@ -209,3 +209,20 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
     assert client.get_run(done).info.status == "FINISHED" and client.get_run(parent).info.status == "FAILED"
     assert "2 job(s), 1 not finished" in capsys.readouterr().out
     lifecycle.end_abandoned_sweep()  # nothing left to end: a no-op
+
+
+def test_a_sweeps_jobs_and_their_estimate_come_from_its_overrides_and_this_cpus_runs(monkeypatch):
+    from fer_exp.sweeps import eta
+
+    jobs = eta.grid(["model=deep,shallow", "lr=1e-4,1e-3", "epochs=2", "data.root=/data/my faces"], "deep", 30)
+    assert jobs == [{"model": "deep", "epochs": 2}] * 2 + [{"model": "shallow", "epochs": 2}] * 2
+    assert eta.grid(["lr=1e-4"], "vgg", 5, n_trials=3) == [{"model": "vgg", "epochs": 5}] * 3
+    seconds = {"deep": [60.0, 120.0, 90.0], "shallow": []}  # per epoch, as this CPU's earlier runs took
+    monkeypatch.setattr(eta.tracking, "epoch_seconds", lambda cpu, model, data: seconds[model])
+    minutes, source = eta.estimate(jobs, "AMD EPYC", "fer2013")
+    assert minutes == [3.0, 3.0, None, None] and "deep: 3 run(s)" in source
+    progress = eta.Progress([3.0, 3.0, 6.0])
+    assert progress.plan(source).startswith("3 jobs, about 12 minutes (estimated from earlier runs on this CPU")
+    monkeypatch.setattr(eta.time, "time", lambda: progress.start + 6 * 60)  # the first job took twice its estimate
+    line = progress.job_done()
+    assert line.startswith("job 1 of 3 done, ETA ") and line.endswith("(18 minutes to go)")

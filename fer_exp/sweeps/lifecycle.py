@@ -20,7 +20,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from fer_exp import tracking
-from fer_exp.sweeps import results, study
+from fer_exp.sweeps import eta, results, study
 
 log = logging.getLogger(__name__)
 METRIC = tracking.METRIC  # what a sweep's jobs are ranked, tagged and registered by
@@ -48,10 +48,40 @@ class SweepRun(Callback):
             )  # a search's sweeper opens its own
         atexit.register(end_abandoned_sweep)
         log.info("MLflow sweep parent run %s in %s", parent, tracking.resolve_uri(store.uri, store.dir))
+        self.progress = None
+        try:
+            self.progress = plan(config)
+        except Exception as e:  # an estimate must not stop a sweep
+            log.warning("no time estimate for this sweep: %s", e)
+
+    def on_job_end(self, config, job_return, **kwargs: Any) -> None:
+        # Called in the process that ran the job: the sweep's own with the basic launcher, where jobs run
+        # one after the other; a parallel launcher's workers have no progress to report.
+        if getattr(self, "progress", None) is not None and "BasicLauncher" in str(
+            config.hydra.launcher.get("_target_")
+        ):
+            log.info("%s", self.progress.job_done())
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         if not finish_sweep(out_dir=config.hydra.sweep.dir):
             sys.exit(1)
+
+
+def plan(config) -> eta.Progress:
+    """The sweep's jobs and their estimated minutes (see eta), announced: "N jobs, about M minutes"."""
+    from fer_exp.training import machine
+
+    search = "fer_exp_optuna" in str(config.hydra.sweeper.get("_target_"))
+    jobs = eta.grid(
+        list(config.hydra.overrides.task),
+        config.model.name,
+        int(config.epochs),
+        int(config.hydra.sweeper.n_trials) if search else None,
+    )
+    minutes, source = eta.estimate(jobs, machine.cpu()[0], config.data.name)
+    progress = eta.Progress(minutes)
+    log.info("%s", progress.plan(source))
+    return progress
 
 
 def _end_lost_jobs(parent: str, jobs: list[dict]) -> list[dict]:

@@ -55,10 +55,33 @@ def status(job: dict) -> str:
     return job["status"]
 
 
+def training_cost(job: dict) -> tuple[float | None, float | None]:
+    """(training minutes, PFLOP) of a job record: its fit time, and the training FLOPs it measured per
+    image times the images and epochs it trained (None where a run did not record them)."""
+    m = job["metrics"]
+    minutes = m["train_seconds"] / 60 if "train_seconds" in m else None
+    needed = ("train_gflop_per_image", "data_train_images", "epochs_run")
+    pflop = m[needed[0]] * m[needed[1]] * m[needed[2]] / 1e6 if all(k in m for k in needed) else None
+    return minutes, pflop
+
+
+def pareto_front(points: list[tuple[float | None, float | None]], metric: str) -> list[bool]:
+    """For (score, cost) points: whether each is on the front, i.e. no other point has a score at least as
+    good for a cost at most as high, one of them strictly better. A point without both is not on it."""
+    sign = -1 if lower_is_better(metric) else 1
+    known = [(sign * s, c) for s, c in points if s is not None and c is not None]
+
+    def dominated(s: float, c: float) -> bool:
+        return any(s2 >= s and c2 <= c and (s2 > s or c2 < c) for s2, c2 in known)
+
+    return [s is not None and c is not None and not dominated(sign * s, c) for s, c in points]
+
+
 def job_rows(jobs: list[dict], metric: str) -> list[dict]:
     """One dict per job record (with the per-epoch `history` of PER_EPOCH[metric]): overrides, status,
-    the metric (or its best epoch so far), best epoch, params, minutes; best first, with `settings`
-    and `label` naming only the overrides that differ between jobs."""
+    the metric (or its best epoch so far), best epoch, params, minutes, training minutes and PFLOP,
+    whether it is on the cost front (pareto_front: FINISHED jobs, score against training minutes);
+    best first, with `settings` and `label` naming only the overrides that differ between jobs."""
     rows = []
     for j in jobs:
         history = j.get("history") or []
@@ -73,8 +96,12 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
                 "best_epoch": f"{history.index(best_of(history, metric)) + 1}/{len(history)}" if history else "-",
                 "params": j["metrics"].get("params"),
                 "minutes": (end - j["start"]) / 60000,
+                **dict(zip(("train_minutes", "pflop"), training_cost(j))),
             }
         )
+    finished = [r["value"] if r["status"] == "FINISHED" else None for r in rows]
+    for row, front in zip(rows, pareto_front(list(zip(finished, (r["train_minutes"] for r in rows))), metric)):
+        row["front"] = front
     # best first; pruned jobs (stopped early, not comparable) after the others
     rows.sort(
         key=lambda row: (
@@ -111,8 +138,8 @@ def ui_view(parent: str, jobs: list[dict], rows: list[dict], metric: str) -> dic
 
 
 def table(rows: list[dict], metric: str) -> str:
-    """Plain-text table, best first."""
-    lines = [("#", "job", "status", metric, "tta", "best epoch", "params", "minutes")]
+    """Plain-text table, best first; `front` marks the jobs no other beats at a lower training cost."""
+    lines = [("#", "job", "status", metric, "tta", "best epoch", "params", "minutes", "train min", "PFLOP", "front")]
     for i, r in enumerate(rows, 1):
         lines.append(
             (
@@ -124,6 +151,9 @@ def table(rows: list[dict], metric: str) -> str:
                 r["best_epoch"],
                 "-" if r["params"] is None else f"{int(r['params']):,}",
                 f"{r['minutes']:.1f}",
+                "-" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
+                "-" if r["pflop"] is None else f"{r['pflop']:.3g}",
+                "*" if r["front"] else "",
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -131,14 +161,17 @@ def table(rows: list[dict], metric: str) -> str:
 
 
 def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path]:
-    """Write compare.png and compare.txt (the table) into `out`; returns both paths."""
+    """Write compare.png, compare.txt (the table) and cost.png (score against training minutes, the
+    front marked) into `out`; returns their paths."""
     from fer_exp import plots
 
     out.mkdir(parents=True, exist_ok=True)
-    png, txt = out / "compare.png", out / "compare.txt"
+    png, txt, cost = out / "compare.png", out / "compare.txt", out / "cost.png"
     plots.save(plots.sweep_comparison(rows, metric, title=title), png)
     txt.write_text(table(rows, metric) + "\n")
-    return [png, txt]
+    points = [(r["train_minutes"], r["value"] if r["status"] == "FINISHED" else None) for r in rows]
+    plots.save(plots.cost_front(points, [r["label"] for r in rows], [r["front"] for r in rows], metric, title), cost)
+    return [png, txt, cost]
 
 
 def publish(

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from fer_exp.tracking.names import LOST, TAG_CHECKPOINT, TAG_ERROR, TAG_HASH, TAG_ROLE
+from fer_exp.tracking.names import LOST, TAG_CHECKPOINT, TAG_ERROR, TAG_HASH, TAG_MACHINE, TAG_ROLE
 from fer_exp.tracking.store import connect
 
 if TYPE_CHECKING:
@@ -50,6 +50,21 @@ def resolve_run(ref: str) -> str:
 
         return get_model_info(ref).run_id
     return ref
+
+
+def epoch_seconds(cpu: str, model: str, data_name: str) -> list[float]:
+    """Seconds per training epoch of the store's FINISHED runs of `model` on data `data_name` that ran on
+    `cpu` (tag fer_exp.machine.cpu), newest first, at most 50."""
+    client = MlflowClient()
+    query = (
+        f"attributes.status = 'FINISHED' and tags.`{TAG_MACHINE}.cpu` = '{cpu}' "
+        f"and params.`model.name` = '{model}' and params.`data.name` = '{data_name}'"
+    )
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=50)
+    return [
+        r.data.metrics["train_seconds"] / r.data.metrics["epochs_run"] for r in runs if r.data.metrics.get("epochs_run")
+    ]
 
 
 def experiment_runs(experiment: str) -> list[dict]:
