@@ -157,6 +157,8 @@ def rerun(job: Job, uri: str, experiment: str) -> tuple[str, bool]:
     if tracking.get_record(new_id)["status"] == "RUNNING":  # the process died before its run started
         tracking.end_run(new_id, "FAILED", {tracking.TAG_ERROR: "the rerun ended before training"})
         ok = False
+    # marked, so that the experiment's run list can leave reruns out (tags.`fer_exp.role` != 'reproduction')
+    tracking.set_tags({tracking.TAG_ROLE: tracking.ROLE_REPRODUCTION}, run_id=new_id)
     return new_id, ok
 
 

@@ -5,7 +5,8 @@ PARENT_ENV = (
     "FER_EXP_PARENT_RUN_ID"  # set for the jobs of a multirun (inherited by launcher processes; Ray gets it passed)
 )
 # Run tags: every one fer_exp sets.
-TAG_ROLE = "fer_exp.role"  # "sweep" (a multirun's parent) or "job"
+TAG_ROLE = "fer_exp.role"  # "sweep" (a multirun's parent), "job", "ensemble", "reproduction" or "story"
+ROLE_REPRODUCTION = "reproduction"  # a rerun by fer_exp.reproduce (it also has fer_exp.reproduces)
 TAG_SWEEP = "fer_exp.sweep_id"  # a job's sweep (its parent run id)
 TAG_SWEEP_DIR = "fer_exp.sweep_dir"  # the sweep's Hydra output folder
 TAG_HASH = "fer_exp.config_hash"  # see config.config_hash
