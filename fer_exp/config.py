@@ -35,12 +35,17 @@ def is_choice(override: str) -> bool:
 
 
 def override_values(overrides: list[str]) -> dict[str, str]:
-    """{key: value as written} of Hydra overrides (`data.root=/data/my faces`, `+x=[1,2]`, `~seed`: ""),
-    the keys as Hydra's own parser reads them."""
+    """{key: value} of Hydra overrides, as Hydra's own parser reads them: a string unescaped (a sweep's job
+    gets `data.root=/data/my\\ faces` and this gives `/data/my faces`), anything else as written
+    (`lr=1e-3`, `model.filters=[8,16]`), `~seed` as ""."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides(list(overrides))
-    return {o.key_or_group: o.input_line.split("=", 1)[1] if "=" in o.input_line else "" for o in parsed}
+    values = {}
+    for o in OverridesParser.create().parse_overrides(list(overrides)):
+        written = o.input_line.partition("=")[2]
+        value = None if o.value_type is None or o.is_sweep_override() else o.value()
+        values[o.key_or_group] = value if isinstance(value, str) else written
+    return values
 
 
 def run_name(overrides: list[str] | tuple) -> str:

@@ -143,7 +143,8 @@ def seed_line(config: dict) -> str:
 
 
 def result_metrics(record: dict) -> list[str]:
-    return sorted(k for k in record["metrics"] if not any(t in k for t in TIMING))
+    """The metrics that are results: not speed (TIMING), not MLflow's system metrics (system/*)."""
+    return sorted(k for k in record["metrics"] if not k.startswith("system/") and not any(t in k for t in TIMING))
 
 
 def first_divergence(old: dict[str, list[float]], new: dict[str, list[float]], epochs: int) -> str | None:

@@ -244,6 +244,8 @@ def test_overrides_come_from_the_tag_or_the_run_name():
         "extra": "1",
         "seed": "",
     }
+    escaped = tracking.encode_overrides(["data.root=/data/my\\ faces", "lr=1e-3"])  # a sweep's job: Hydra escapes
+    assert results.job_overrides(job(escaped)) == {"data.root": "/data/my faces", "lr": "1e-3"}
     assert results.job_overrides(job("model=deep lr=0.001")) == {"model": "deep", "lr": "0.001"}  # an older run's tag
     assert results.job_overrides(job(name="model=deep,lr=0.001,model.filters=[8,16]")) == {
         "model": "deep",
