@@ -75,10 +75,10 @@ def test_five_hundred_runs_render_in_under_ten_seconds(big_store, tmp_path, caps
     assert seconds < 10
     page = (tmp_path / "story.html").read_text()
     assert not EXTERNAL.search(page) and "data:image/png;base64," in page
-    assert page.count("<h2") == 50 + 3  # timeline, noise, every sweep, what mattered
+    assert page.count("<h2") == 50 + 4  # timeline, cost, noise, every sweep, what mattered
     assert (
-        "fANOVA importance (Optuna) over" in page and page.count("data:image/png") == 2
-    )  # timeline + parallel coordinates
+        "fANOVA importance (Optuna) over" in page and page.count("data:image/png") == 3
+    )  # timeline, cost, parallel coordinates
     assert re.search(r"model\.name</td><td>0\.[5-9]", page)  # the setting that decides the score weighs most
     assert "python -m fer_exp.reproduce " in page and "within noise" in page
     md = (tmp_path / "story.md").read_text()

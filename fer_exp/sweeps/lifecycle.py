@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 
 from fer_exp import tracking
 from fer_exp.sweeps import eta, results, study
+from fer_exp.tracking import provenance
 
 log = logging.getLogger(__name__)
 METRIC = tracking.METRIC  # what a sweep's jobs are ranked, tagged and registered by
@@ -69,8 +70,6 @@ class SweepRun(Callback):
 
 def plan(config) -> eta.Progress:
     """The sweep's jobs and their estimated minutes (see eta), announced: "N jobs, about M minutes"."""
-    from fer_exp.training import machine
-
     search = "fer_exp_optuna" in str(config.hydra.sweeper.get("_target_"))
     jobs = eta.grid(
         list(config.hydra.overrides.task),
@@ -78,7 +77,7 @@ def plan(config) -> eta.Progress:
         int(config.epochs),
         int(config.hydra.sweeper.n_trials) if search else None,
     )
-    minutes, source = eta.estimate(jobs, machine.cpu()[0], config.data.name)
+    minutes, source = eta.estimate(jobs, provenance.cpu_info()[0], config.data.name)
     progress = eta.Progress(minutes)
     log.info("%s", progress.plan(source))
     return progress

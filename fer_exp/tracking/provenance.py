@@ -1,10 +1,11 @@
 """What a rerun needs besides the config: the code (commit, uncommitted patch, untracked sources),
-the installed packages and the lock they came from, and the command line. No MLflow here."""
+the installed packages and the lock they came from, the command line, and the CPU. No MLflow here."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import platform
 import shlex
 import shutil
 import subprocess
@@ -82,6 +83,14 @@ def parse_environment(text: str) -> dict[str, str]:
             key, _, value = line.partition(" ")
             out[key] = value.rsplit(" ", 1)[-1]
     return out
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """(this CPU's model name, its flags), as Linux's /proc/cpuinfo gives them (elsewhere: what platform knows)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    lines = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
+    lines = {k.strip(): v.strip() for k, v in lines.items()}
+    return lines.get("model name", platform.processor() or platform.machine()), set(lines.get("flags", "").split())
 
 
 def command_line() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -38,11 +37,10 @@ BENCH_RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 @lru_cache(maxsize=1)
 def cpu() -> tuple[str, tuple[str, ...]]:
     """(CPU model name, the FLAGS it has)."""
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    lines = dict(line.split(":", 1) for line in info.splitlines() if ":" in line)
-    lines = {k.strip(): v.strip() for k, v in lines.items()}
-    flags = set(lines.get("flags", "").split())
-    return lines.get("model name", platform.processor() or platform.machine()), tuple(f for f in FLAGS if f in flags)
+    from fer_exp.tracking.provenance import cpu_info  # here: the tracking package loads MLflow, --help needs none
+
+    name, flags = cpu_info()
+    return name, tuple(f for f in FLAGS if f in flags)
 
 
 def has_bf16() -> bool:
