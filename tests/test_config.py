@@ -176,3 +176,18 @@ def test_augment_seed_is_the_former_name_of_augment_notebook_until_0_2(compose):
         assert not (CONF / "augment" / "seed.yaml").exists(), "augment=seed was to go in fer_exp 0.2"
         return
     assert compose(["augment=seed"]).augment == compose(["augment=notebook"]).augment == compose().augment
+
+
+def test_reproduce_and_predict_take_key_value_and_keep_their_flags():
+    from pathlib import Path
+
+    from fer_exp.predict import parse_args as predict_args
+    from fer_exp.reproduce import parse_args as reproduce_args
+
+    a = reproduce_args(["run=abc", "checkout=true", "jobs=best", "tolerance=0.5", "tracking.dir=/x"])
+    assert (a.run, a.checkout, a.force, a.jobs, a.tolerance, a.tracking_dir) == ("abc", True, False, "best", 0.5, "/x")
+    b = reproduce_args(["abc", "--force", "--tracking-dir", "/y", "tracking_uri=http://h:5050"])
+    assert (b.run, b.force, b.tracking_dir, b.tracking_uri) == ("abc", True, "/y", "http://h:5050")
+    p = predict_args(["model=m.h5", "photo.jpg", "out=/tmp/o", "no_detect=true", "tracking.uri=http://h"])
+    assert p.model == "m.h5" and p.inputs == ["photo.jpg"] and p.out == Path("/tmp/o")  # out= is not an input
+    assert p.no_detect and p.tracking_uri == "http://h"
