@@ -120,6 +120,11 @@ def as_flags(argv: list[str], flags: dict[str, str]) -> list[str]:
 BOOLEAN_FLAGS = {"--checkout", "--force", "--no-detect"}
 
 
+def progress() -> int:
+    """Keras's predict verbosity for a command's long predictions: a bar on a terminal, a line in a log."""
+    return 1 if sys.stderr.isatty() else 2
+
+
 def store_uri(args: DictConfig) -> str | None:
     """The MLflow store that args.tracking.uri / args.tracking.dir name; None, with a line on stderr saying
     what to do, when it is a local store that does not exist yet."""

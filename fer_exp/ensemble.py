@@ -180,8 +180,7 @@ def log_ensemble(members: list[dict], sweep_id: str | None, metric: str, select:
     ):
         model.save(Path(tmp) / "model.h5")
         log.info("evaluating the ensemble: %d views of %d validation faces", tta, len(val))
-        progress = 1 if sys.stderr.isatty() else 2  # a bar on a terminal, a line in a log
-        evaluation = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name, verbose=progress)
+        evaluation = log_evaluation(model, Path(tmp) / "model.h5", val, classes, tta, name, verbose=cli.progress())
         best = members[0]["metrics"][metric]
         tracking.log_metrics(
             {

@@ -64,8 +64,8 @@ def evaluate_folder(model, data_dir, classes: list[str], tta: int, out_dir, batc
     for src, why in split.skipped:
         log.warning("skipped %s: %s", src, why)
     log.info("predicting %d views of %d faces", tta, len(split))
-    progress = 1 if sys.stderr.isatty() else 2  # a bar on a terminal, a line per call in a log
-    evaluation = evaluate(model, split.images, split.labels if labelled else None, classes, tta, batch_size, progress)
+    labels = split.labels if labelled else None
+    evaluation = evaluate(model, split.images, labels, classes, tta, batch_size, cli.progress())
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     result = {"images": len(split), "skipped": len(split.skipped), "predictions": out / "predictions.csv"}
