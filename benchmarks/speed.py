@@ -15,8 +15,7 @@ from common import MODEL_CONFIGS, config, pipeline_rate, row, step_time
 
 from fer_exp.data import Split, build_augmenter, load_folder_split, make_dataset
 from fer_exp.models import training_flops
-from fer_exp.training import machine
-from fer_exp.training.job import compile_model
+from fer_exp.training import compile_model, machine
 
 # --- data ---------------------------------------------------------------------
 

@@ -16,8 +16,7 @@ import tensorflow as tf
 from common import MODEL_CONFIGS, ROOT, config, pipeline_rate, row, step_time
 
 from fer_exp.data import Split, build_augmenter, make_dataset
-from fer_exp.training import machine
-from fer_exp.training.job import compile_model
+from fer_exp.training import compile_model, machine
 
 BENCH = Path(__file__).with_name("bench.py")
 

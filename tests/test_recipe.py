@@ -52,7 +52,7 @@ def test_vgg_size_and_bf16_policy():
 
 
 def test_cosine_schedule_warms_up_then_decays():
-    from fer_exp.training.job import make_lr
+    from fer_exp.training.compiled import make_lr
 
     c = {"lr_schedule": "cosine", "lr": 1e-2, "warmup_epochs": 1, "epochs": 5}
     lr = make_lr(c, steps_per_epoch=10)

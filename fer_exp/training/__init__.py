@@ -2,10 +2,11 @@
 machine's settings (precision, kernels, threads) it trains with.
 
     job        train(config): data, model, fit, evaluation, all recorded
-    callbacks  signals, time budgets, per-epoch metrics and speed, checkpoints, pruning reports
+    compiled   the model a config describes with its optimizer, schedule, loss and metrics
+    callbacks  signals, time budgets, per-epoch metrics and speed, checkpoints
     machine    the CPU and GPUs, the precision and kernels fastest there (no TensorFlow needed)
 """
 
 from fer_exp import lazy_exports
 
-__getattr__, __all__ = lazy_exports(__name__, {"train": "job", "compile_model": "job"})
+__getattr__, __all__ = lazy_exports(__name__, {"train": "job", "compile_model": "compiled"})
