@@ -28,6 +28,26 @@ def model_names() -> list[str]:
     return sorted(path.stem for path in (conf_dir() / "model").glob("*.yaml"))
 
 
+# Options a config group holds that `--help` does not offer: parts of other options (a name starting
+# with "_"), a template to copy, and old names kept for a while (they still work, with a warning).
+UNLISTED_OPTIONS = {"augment": ("seed",), "local": ("example",)}
+
+
+def listed_groups() -> str:
+    """The config groups and their options, as Hydra's --help lists them ($APP_CONFIG_GROUPS), minus
+    UNLISTED_OPTIONS and internal parts; conf/config.yaml's help template calls it (${fer_exp_groups:})."""
+    lines = []
+    for group in sorted(p for p in conf_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+        hidden = UNLISTED_OPTIONS.get(group.name, ())
+        options = sorted(f.stem for f in group.glob("*.yaml") if not f.stem.startswith("_") and f.stem not in hidden)
+        if options:
+            lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("fer_exp_groups", listed_groups, replace=True)
+
+
 def is_choice(override: str) -> bool:
     """Whether a command-line override (`lr=1e-3`, `tracking.dir=x`, `+foo=1`) changes what is trained."""
     key = override.split("=", 1)[0].lstrip("+~")

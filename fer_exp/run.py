@@ -94,7 +94,8 @@ def preflight(cfg: DictConfig) -> str | None:
     try:
         if data["format"] == "csv" or data.get("root") is not None:  # the default root may fall back to synthetic
             data_digests(data)
-        tracking.configure(store["uri"], store["dir"], store["experiment"])
+        # a server that does not answer is no error for a job without resume=true: it starts on its spool
+        tracking.configure(store["uri"], store["dir"], store["experiment"], offline=not config["resume"])
     except (DataError, tracking.AccessError) as e:
         return str(e)
     return None

@@ -65,12 +65,14 @@ def test_help_lists_groups_and_options():
     ).stdout
     for line in (
         "model: deep, efficientnet_b2, shallow",
-        "augment: none, notebook, seed, strong",
+        "augment: none, notebook, strong",  # not the old name augment=seed, which still works
+        "data: fer2013, fer2013_csv, synthetic",  # not _fer7, a part of each
         "lr:",
         "batch_size:",
         "early_stopping:",
     ):
         assert line in out
+    assert "example" not in out and "_fer7" not in out
 
 
 def test_fit_shows_a_progress_bar_only_on_a_terminal(monkeypatch):

@@ -19,7 +19,7 @@ import pytest
 from helpers.processes import free_port, start, stop, wait_http
 from helpers.runner import ROOT, cli, run_cli, user_env
 
-from fer_exp.tracking.outbox import CALLS, RUN, Outbox, read_calls, unpack
+from fer_exp.tracking.outbox import CALLS, RUN, START, Outbox, read_calls, unpack
 
 # --- the outbox, on a fake server -------------------------------------------------------
 
@@ -95,6 +95,29 @@ def test_a_server_away_past_the_limit_leaves_a_spool_that_reads_back(tmp_path):
         and kwargs["metadata"] == {"classes": ["a", "b"]}
     )
     assert (last, unpack(end, box.folder)) == ("end_run", {"status": "FINISHED"})
+
+
+def test_a_run_begun_while_the_server_is_away_is_created_first_when_it_answers(tmp_path):
+    server = FakeServer()
+    server.up = False
+    created = []
+    server_send = server.send
+
+    def send(name, kwargs):
+        server_send(name, kwargs)
+        if name == START:
+            created.append("run-on-server")
+            return "run-on-server"
+
+    box = Outbox(tmp_path / "offline-1", {"run_id": "offline-1", "pending": True}, send, lambda: server.up, limit_s=600,
+                 probe_every_s=0)  # fmt: skip
+    box.start_down(START, run_name="job", experiment="fer_exp", parent_run_id=None, tags={})
+    box.deliver("log_metrics", metrics={"loss": 1.0}, step=0)  # not tried: queued behind the creation
+    assert not server.received and [c[0] for c in read_calls(box.folder)] == [START, "log_metrics"]
+    server.up = True
+    box.deliver("set_tags", tags={"a": "b"})
+    assert [name for name, _ in server.received] == [START, "log_metrics", "set_tags"] and created == ["run-on-server"]
+    assert box.run == {"run_id": "run-on-server", "pending": False} and not box.folder.exists()
 
 
 def test_an_error_from_a_server_that_answers_is_raised_not_queued(tmp_path):
@@ -372,6 +395,7 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
             -3000:
         ]
         assert "ask its admin for EDIT permission" in text and "Epoch 1" not in text and "Traceback" not in text
+        assert text.count("lets user 'viewer'") == 1  # one line, at the sweep's start (its parent run)
         from fer_exp import compare  # in-process, with no credentials in the environment
 
         capsys.readouterr()
@@ -389,13 +413,45 @@ def test_with_auth_only_users_get_in_and_a_wrong_password_fails_before_training(
 
 
 @pytest.mark.slow
-def test_a_job_started_while_the_server_is_away_fails_at_once_in_one_line(tmp_path):
-    away = f"http://127.0.0.1:{free_port()}"
-    start_ = time.monotonic()
-    p = run_cli(tmp_path, "debug=tiny", "tracking=server", f"tracking.uri={away}", report_tensorflow=True)
-    out = p.stdout + p.stderr
-    assert p.returncode == 2 and f"the tracking server {away} does not answer: start it (make server)" in out, out[
-        -3000:
-    ]
-    assert "Traceback" not in out and time.monotonic() - start_ < 90  # not MLflow's ~4 minutes of retries
-    assert p.stdout.splitlines()[-1] == "tensorflow imported: False"  # nor loads TensorFlow
+def test_a_job_started_while_the_server_is_away_trains_on_the_spool_and_sync_creates_its_run(
+    tmp_path, team_server, capsys
+):
+    """The server is down before the job starts: the job says so once, within seconds, trains, and
+    leaves its run (not yet created) in a spool; once the server is up, sync creates the run on it."""
+    import mlflow
+
+    server = team_server.up()
+    server.stop()
+    spool, experiment = tmp_path / "spool", f"offline-{uuid.uuid4().hex[:8]}"
+    args = ["debug=tiny", "epochs=2", "tracking=server", f"tracking.uri={server.url}", f"tracking.experiment={experiment}",
+            "tracking.outage_minutes=0.1", f"tracking.spool_dir={spool}"]  # fmt: skip
+    started, said_at, lines = time.monotonic(), None, []
+    job = subprocess.Popen(cli(tmp_path, *args), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**user_env(), "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    try:
+        for line in job.stdout:  # as they come, unbuffered: when the job says it starts
+            lines.append(line)
+            if said_at is None and "starts anyway" in line:
+                said_at = time.monotonic() - started
+        job.wait(timeout=600)
+    finally:
+        job.kill()
+        server.start()  # the same database: the next test finds it up
+    out = "".join(lines)
+    assert job.returncode == 0 and "Traceback" not in out, out[-4000:]
+    assert said_at is not None and said_at < 30, (said_at, out[-3000:])
+    assert out.count(f"the tracking server {server.url} does not answer") == 1, out[-3000:]
+    (folder,) = [p for p in spool.iterdir() if (p / RUN).exists()]
+    assert json.loads((folder / RUN).read_text())["pending"] and f"python -m fer_exp.sync spool={spool}" in out
+
+    from fer_exp import sync
+
+    capsys.readouterr()
+    assert sync.main([f"spool={spool}"]) == 0
+    said = capsys.readouterr().out
+    client, (run,) = server_runs(server.url, experiment)
+    assert f"uploaded run {run.info.run_id}" in said and not folder.exists()
+    assert run.info.status == "FINISHED" and "epochs=2" in run.info.run_name and "best_val_accuracy" in run.data.metrics
+    assert sorted(m.step for m in client.get_metric_history(run.info.run_id, "val_accuracy")) == [0, 1]
+    mlflow.set_tracking_uri(server.url)
+    assert mlflow.models.get_model_info(f"runs:/{run.info.run_id}/model").metadata["classes"]

@@ -1,5 +1,6 @@
 """Tracking outages: while a tracking server is away, a job's records wait in its outbox (outbox.py)
-and go, in order, when it answers; `replay` sends what a long outage left in a spool folder
+and go, in order, when it answers (a job that begins while it is away starts on the spool, its run
+created when the server answers); `replay` sends what a long outage left in a spool folder
 (python -m fer_exp.sync). Also the MLflow calls a job's run makes, by name, which the outbox queues.
 """
 
@@ -11,6 +12,7 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from fer_exp.tracking.names import LOST, TAG_ERROR
-from fer_exp.tracking.outbox import RUN, Outbox, answers, read_calls, unpack, write_calls
+from fer_exp.tracking.outbox import RUN, START, Outbox, answers, read_calls, unpack, write_calls
 from fer_exp.tracking.queries import get_record
 from fer_exp.tracking.store import connect, retries
 
@@ -40,6 +42,26 @@ def open_outbox(spool: Path, run: dict, limit_minutes: float) -> None:
     _outbox = Outbox(Path(spool) / run["run_id"], run, _send, lambda: answers(uri), 60 * limit_minutes)
 
 
+def start_offline(spool: Path, uri: str, limit_minutes: float, run_name: str, **start) -> str:
+    """A run whose server does not answer as it begins: its creation (`start`: experiment, parent_run_id,
+    tags) and every record after it wait in spool/<local id>, sent when the server answers. Returns
+    that local id, which names the spool folder (the server gives the run its own id)."""
+    global _outbox
+    local_id = f"offline-{uuid.uuid4().hex[:16]}"
+    run = {"tracking_uri": uri, "run_id": local_id, "run_name": run_name, "pending": True}
+    _outbox = Outbox(Path(spool) / local_id, run, _send, lambda: answers(uri), 60 * limit_minutes)
+    _outbox.start_down(START, run_name=run_name, **start)
+    log.warning(
+        "the tracking server %s does not answer: job %s starts anyway; its run and records wait in %s and go to the "
+        "server when it answers (up to %g min, then python -m fer_exp.sync)",
+        uri,
+        run_name,
+        _outbox.folder,
+        limit_minutes,
+    )
+    return local_id
+
+
 def has_outbox() -> bool:
     return _outbox is not None
 
@@ -52,8 +74,8 @@ def deliver(call: str, /, **kwargs) -> None:
         _outbox.deliver(call, **kwargs)
 
 
-def _send(call: str, kwargs: dict) -> None:
-    _SENDERS[call](**kwargs)
+def _send(call: str, kwargs: dict):
+    return _SENDERS[call](**kwargs)
 
 
 def end_active_run(status: str) -> None:
@@ -71,11 +93,24 @@ def end_active_run(status: str) -> None:
         "the tracking server stayed away for %g min: run %s %s is kept in %s, its model and checkpoint included. Once the "
         "server answers, upload it with: python -m fer_exp.sync spool=%s",
         box.limit_s / 60,
-        box.run["run_id"],
+        box.run["run_name"] if box.run.get("pending") else box.run["run_id"],
         status,
         box.folder,
         box.folder.parent,
     )
+
+
+def _start_run(run_name: str, experiment: str, parent_run_id: str | None, tags: dict[str, str]) -> str:
+    """Create a run that began while the server was away (in its parent's experiment, else in
+    `experiment`, made if need be) and make it the active one; returns its id."""
+    client = MlflowClient()
+    if parent_run_id:
+        experiment_id = client.get_run(parent_run_id).info.experiment_id
+    else:
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    run = mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id, tags=tags, experiment_id=experiment_id)
+    return run.info.run_id
 
 
 def _log_files(paths: list[Path], folder: str | None) -> None:
@@ -113,6 +148,7 @@ def _log_keras_model(model: keras.Model, example, metadata: dict | None) -> None
 
 
 _SENDERS = {
+    START: _start_run,
     "log_params": mlflow.log_params,
     "set_tags": mlflow.set_tags,
     "log_metrics": mlflow.log_metrics,
@@ -131,13 +167,18 @@ def replay(folder: Path) -> dict:
     run = json.loads((folder / RUN).read_text())
     connect(os.environ.get("MLFLOW_TRACKING_URI") or run["tracking_uri"])
     calls, status = read_calls(folder), "FAILED"  # a sync that fails leaves the run FAILED and the rest queued
-    mlflow.start_run(run_id=run["run_id"])
+    if run.get("pending"):  # the job began while the server was away: create its run first
+        run.update(run_id=_send(START, unpack(calls[0][1], folder)), pending=False)
+        (folder / RUN).write_text(json.dumps(run, indent=1))  # before the calls: a second sync must not create it again
+    else:
+        mlflow.start_run(run_id=run["run_id"])
     try:
         client = MlflowClient()
         if client.get_run(run["run_id"]).data.tags.get(TAG_ERROR) == LOST:
             client.delete_tag(run["run_id"], TAG_ERROR)  # its sweep ended while it was spooled: it was not lost
         while calls and calls[0][0] != "end_run":
-            _send(calls[0][0], unpack(calls[0][1], folder))
+            if calls[0][0] != START:  # sent already: the run exists (run.json)
+                _send(calls[0][0], unpack(calls[0][1], folder))
             calls.pop(0)
             write_calls(folder, calls)  # a second sync goes on where this one stopped
         # no end: the job died during the outage; KILLED with a checkpoint, resume=true continues it

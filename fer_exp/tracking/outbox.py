@@ -23,6 +23,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CALLS, RUN = "calls.jsonl", "run.json"  # the queued calls, oldest first; what run they belong to
+START = "start_run"  # the first call of a run that began while its server was away: it creates the run
 
 
 def answers(uri: str, timeout: float = 3.0) -> bool:
@@ -60,7 +61,7 @@ class Outbox:
         )  # while it is away, the server is asked at most this often
 
     def deliver(self, call: str, /, **kwargs) -> None:
-        if not self.queued:
+        if not self.queued and self.down_since is None:
             try:
                 self.send(call, kwargs)
                 return
@@ -75,6 +76,12 @@ class Outbox:
             )
         self._keep(call, kwargs)
         self.flush()
+
+    def start_down(self, call: str, /, **kwargs) -> None:
+        """The server was away before the run began: queue its first call (the run's creation, whose
+        result is the run's id on the server) without trying it."""
+        self.down_since = time.monotonic()
+        self._keep(call, kwargs)
 
     def gave_up(self) -> bool:
         return self.down_since is not None and time.monotonic() - self.down_since > self.limit_s
@@ -91,7 +98,7 @@ class Outbox:
         calls = read_calls(self.folder)
         while calls:
             try:
-                self.send(calls[0][0], unpack(calls[0][1], self.folder))
+                self.created(calls[0][0], self.send(calls[0][0], unpack(calls[0][1], self.folder)))
             except Exception:
                 if self.probe():
                     raise
@@ -125,6 +132,12 @@ class Outbox:
                 said = away
             time.sleep(max(0.0, min(self.next_probe - time.monotonic(), self.limit_s - away)) + 0.05)
         return True
+
+    def created(self, call: str, result) -> None:
+        """After a queued START call was sent: the run exists on the server, with the id it returned."""
+        if call == START:
+            self.run.update(run_id=result, pending=False)
+            (self.folder / RUN).write_text(json.dumps(self.run, indent=1))
 
     def _keep(self, call: str, kwargs: dict) -> None:
         if not self.queued:

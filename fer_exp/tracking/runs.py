@@ -36,6 +36,7 @@ from fer_exp.tracking.names import (
     TAG_SWEEP,
     TAG_UNTRACKED,
 )
+from fer_exp.tracking.outbox import answers
 from fer_exp.tracking.store import is_server, retries, writable
 
 if TYPE_CHECKING:
@@ -73,6 +74,7 @@ def start_run(
     tags: dict[str, str] | None = None,
     parent: str | None = None,
     spool: tuple[Path, float] | None = None,
+    experiment: str | None = None,
 ) -> Iterator[str]:
     """A run (nested under `parent`, else under the sweep's parent when there is one) with params and tags.
 
@@ -80,25 +82,34 @@ def start_run(
     KILLED on Ctrl-C or SIGTERM (raised as KeyboardInterrupt).
     spool=(folder, minutes), on a tracking server: the run's records wait in folder/<run id> while
     the server does not answer, up to `minutes`, and then stay there for `python -m fer_exp.sync`.
+    A server away as the run begins: the run itself is created (in `experiment`, by name, unless it has
+    a parent) when the server answers; the id yielded is then the spool folder's name.
     """
     parent = parent or os.environ.get(PARENT_ENV)
     known, patch, env = provenance_tags()
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **known, **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
-    experiment = (
-        MlflowClient().get_run(parent).info.experiment_id if parent else None
-    )  # the parent's, else the active one
-    with writable():
-        # log_system_metrics: MLflow samples CPU, memory, disk and network (GPUs with nvidia-ml-py) as system/*;
-        # its start and stop lines at INFO would repeat in every job's output
-        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-        run_id = mlflow.start_run(
-            run_name=run_name, parent_run_id=parent, tags=tags, experiment_id=experiment, log_system_metrics=True
-        ).info.run_id
     uri = mlflow.get_tracking_uri()
-    if spool and is_server(uri):
-        outage.open_outbox(spool[0], {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}, spool[1])
+    if spool and is_server(uri) and not answers(uri):  # away before the run began: it starts on the spool
+        run_id = outage.start_offline(
+            spool[0], uri, spool[1], run_name, experiment=experiment, parent_run_id=parent, tags=tags
+        )
+    else:
+        with writable():
+            # log_system_metrics: MLflow samples CPU, memory, disk and network (GPUs with nvidia-ml-py) as
+            # system/*; its start and stop lines at INFO would repeat in every job's output
+            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+            run_id = mlflow.start_run(
+                run_name=run_name,
+                parent_run_id=parent,
+                tags=tags,
+                # the parent's experiment, else the active one
+                experiment_id=MlflowClient().get_run(parent).info.experiment_id if parent else None,
+                log_system_metrics=True,
+            ).info.run_id
+        if spool and is_server(uri):
+            outage.open_outbox(spool[0], {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}, spool[1])
     status = "FINISHED"
     try:
         # with an outbox, a failed call is retried twice, 1 s apart, and then the outbox takes over

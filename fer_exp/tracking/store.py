@@ -37,6 +37,10 @@ class AccessError(MlflowException):
     """The tracking server cannot be used: it refused fer_exp's credentials (or their absence), or it does not answer."""
 
 
+class Unreachable(AccessError):
+    """The tracking server does not answer at all (an outage, or a wrong address)."""
+
+
 USER, PASSWORD = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"  # MLflow's own variables
 
 
@@ -63,7 +67,7 @@ def check_access(uri: str) -> None:
     except MlflowException as e:
         if e.get_http_status_code() not in (401, 403):
             if not answers(uri):
-                raise AccessError(
+                raise Unreachable(
                     f"the tracking server {uri} does not answer: start it (make server), or point tracking.uri "
                     "(or MLFLOW_TRACKING_URI) at one that runs; nothing was trained"
                 ) from None
@@ -106,13 +110,23 @@ def connect(uri: str) -> None:
     mlflow.set_tracking_uri(uri)
 
 
-def configure(uri: str | None, directory: str | Path = "mlruns", experiment: str = "fer_exp") -> str:
-    """Point MLflow at the store and select (or create) the experiment; returns its id."""
+def configure(
+    uri: str | None, directory: str | Path = "mlruns", experiment: str = "fer_exp", offline: bool = False
+) -> str | None:
+    """Point MLflow at the store and select (or create) the experiment; returns its id.
+    offline=True: a tracking server that does not answer is not an error; the id is then None (a job
+    starts on its spool and its run is created when the server answers: tracking/outage.py)."""
     artifacts = None
     if not uri:
         Path(directory).mkdir(parents=True, exist_ok=True)
         uri, artifacts = store_uris(directory)
-    check_access(uri)
+    try:
+        check_access(uri)
+    except Unreachable:
+        if not offline:
+            raise
+        mlflow.set_tracking_uri(uri)
+        return None
     mlflow.set_tracking_uri(uri)
     exp = mlflow.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp else mlflow.create_experiment(experiment, artifact_location=artifacts)

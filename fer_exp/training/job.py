@@ -188,8 +188,14 @@ def train(
     out = Path(output_dir or tempfile.mkdtemp(prefix="fer_exp-"))
     out.mkdir(parents=True, exist_ok=True)
     store = config["tracking"]
-    experiment_id = tracking.configure(store["uri"], store["dir"], store["experiment"])
+    # a tracking server that does not answer: the job starts on its spool (tracking.start_run), no id yet
+    experiment_id = tracking.configure(store["uri"], store["dir"], store["experiment"], offline=True)
     digest = config_hash(config)
+    if config["resume"] and experiment_id is None:
+        raise tracking.AccessError(
+            f"resume=true needs the tracking server {store['uri']} to find the earlier runs, and it does not answer; "
+            "start it (make server), or run without resume=true to train on the spool meanwhile"
+        )
     finished, interrupted = tracking.find_previous(experiment_id, digest) if config["resume"] else (None, None)
     if finished:
         return reuse(config, finished, run_name)
@@ -199,7 +205,9 @@ def train(
     where, tags = machine_tags(config, overrides, interrupted)
     spool = (Path(store["spool_dir"]), store["outage_minutes"])  # where records wait while a tracking server is away
     with (
-        tracking.start_run(run_name, digest, flatten(config), OmegaConf.to_yaml(config), tags, spool=spool) as run_id,
+        tracking.start_run(
+            run_name, digest, flatten(config), OmegaConf.to_yaml(config), tags, spool=spool, experiment=store["experiment"]
+        ) as run_id,
         trial_for(config) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
