@@ -206,7 +206,13 @@ def train(
     spool = (Path(store["spool_dir"]), store["outage_minutes"])  # where records wait while a tracking server is away
     with (
         tracking.start_run(
-            run_name, digest, flatten(config), OmegaConf.to_yaml(config), tags, spool=spool, experiment=store["experiment"]
+            run_name,
+            digest,
+            flatten(config),
+            OmegaConf.to_yaml(config),
+            tags,
+            spool=spool,
+            experiment=store["experiment"],
         ) as run_id,
         trial_for(config) as trial,
     ):
