@@ -7,7 +7,7 @@ import numbers
 from importlib import resources
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 # Top-level keys that change where results go, how much is printed or how a job starts or
 # stops, not what is trained: left out of the config hash (resume matches on it) and the run name.
@@ -79,8 +79,10 @@ def choices(params: dict, drop: tuple[str, ...] = ()) -> dict:
 
 
 def config_hash(cfg: dict) -> str:
-    """A digest of what determines the result: the resolved config minus NOT_CHOICES."""
-    text = OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in cfg.items() if k not in NOT_CHOICES}))
+    """A digest of what determines the result: the resolved config minus NOT_CHOICES (and minus distill
+    without a teacher, so that a config's hash is what it was before distillation existed)."""
+    off = ("teacher", "distill") if cfg.get("teacher") is None else ()
+    text = OmegaConf.to_yaml(OmegaConf.create({k: v for k, v in cfg.items() if k not in NOT_CHOICES + off}))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -131,6 +133,13 @@ CHECKS = {
     "class_weight": (lambda v: v in ("none", "balanced"), "one of none, balanced"),
     "early_stopping.patience": (lambda v: _whole(v) and v >= 0, "a whole number of epochs >= 0 (0: off)"),
     "tracking.outage_minutes": (lambda v: _number(v) and v >= 0, "a number of minutes >= 0"),
+    "teacher": (
+        lambda v: v is None or isinstance(v, (str, int)) or (isinstance(v, ListConfig) and len(v) > 0),
+        "null, a run id, runs:/<id>/model, models:/<name>@<alias>, a .h5 path, or a list [<a>,<b>]",
+    ),
+    "distill.alpha": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
+    "distill.temperature": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 4"),
+    "distill.views": (lambda v: _whole(v) and 1 <= v <= 10, "a whole number from 1 to 10"),
     "data.image_size": (lambda v: _whole(v) and v >= 16, "a whole number of pixels >= 16"),
     "data.limit_per_class": (lambda v: v is None or (_whole(v) and v >= 1), "null or a whole number >= 1"),
 }

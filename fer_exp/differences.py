@@ -1,19 +1,21 @@
 """What differs between a recorded run and now, one line per aspect ("same: ..." or "differs: ..."):
-code, config, data, environment, machine, seed; and between a run and its rerun: the first metric that
+code, config, data, teachers (of a distilled run), environment, machine, seed; and between a run and its rerun: the first metric that
 diverges, and how far apart their scores may be and still count as noise. Reads today's checkout (git),
 configs and data files to compare with; writes nothing."""
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from fer_exp.config import choices, conf_dir, flatten
 from fer_exp.data import DataError, data_digests
 from fer_exp.tracking import provenance
-from fer_exp.tracking.names import METRIC, TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_MACHINE, TAG_REPRODUCES
-from fer_exp.training import machine
+from fer_exp.tracking.names import METRIC, TAG_GIT_COMMIT, TAG_GIT_DIRTY, TAG_MACHINE, TAG_REPRODUCES, TAG_TEACHERS
+from fer_exp.training import machine, teachers
 
 TIMING = ("seconds", "per_s", "gflop", "mfu")  # metric names with these measure speed, not results
 
@@ -100,6 +102,26 @@ def data_line(config: dict, recorded: dict[str, str], force: bool) -> str:
     if not any(f"{data['name']}-{s}" in recorded for s in now):
         return f"unknown: the run recorded no data digest ({source})"
     return f"same: {', '.join(f'{s} {short(d)}' for s, d in now.items())} ({source})"
+
+
+def teacher_line(config: dict, run_tags: dict, dst: Path) -> str | None:
+    """A distilled run's teachers, found again now, against the model files it recorded (None: not distilled).
+    Raises TeacherError, naming the teacher, when one is gone or its model file is not the one the run learnt from."""
+    refs = teachers.refs_of(config.get("teacher"))
+    if not refs:
+        return None
+    recorded = {t["ref"]: t["sha256"] for t in json.loads(run_tags.get(TAG_TEACHERS, "[]"))}
+    now = teachers.find(refs, config["data"]["classes"], dst)  # raises when one is gone
+    for t in now:
+        if t.ref in recorded and recorded[t.ref] != t.sha256:
+            raise teachers.TeacherError(
+                f"teacher={t.ref} ({t.describe()}) is not the model the run learnt from: its model file's SHA-256 was "
+                f"{short(recorded[t.ref])}, now {short(t.sha256)}. A rerun with another teacher is not a reproduction"
+            )
+    return "same: " + "; ".join(
+        f"{t.describe()} {short(t.sha256)}" + ("" if t.ref in recorded else " (the run recorded no digest)")
+        for t in now
+    )
 
 
 def environment_line(run_env: str | None) -> str:

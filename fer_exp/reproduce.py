@@ -7,7 +7,8 @@
 
 RUN is a run id, runs:/<id>/... or models:/<name>@<alias>; a sweep's parent run reproduces its
 jobs. Before any training it prints, one line each, what differs between the run and now (code,
-config, data, environment, machine, seed) and refuses other data (exit 2) unless --force. The job
+config, data, teachers, environment, machine, seed) and refuses other data (exit 2) unless --force,
+and a distilled run whose teacher is gone or changed (exit 2). The job
 is trained again with the run's logged config (with --checkout: by the run's own code, in a
 temporary git worktree at its commit with its patch applied) into a new run tagged
 fer_exp.reproduces=<id>. The verdict, printed and tagged on both runs as fer_exp.reproduced:
@@ -23,6 +24,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +34,7 @@ from omegaconf import OmegaConf
 from fer_exp import cli, differences, tracking
 from fer_exp.data import DataError
 from fer_exp.tracking import provenance
-from fer_exp.training import machine
+from fer_exp.training import machine, teachers
 
 log = logging.getLogger("fer_exp.reproduce")
 METRIC = tracking.METRIC  # what "within noise" is judged on
@@ -120,10 +122,15 @@ def plan(job: Job, args, stack: contextlib.ExitStack) -> None:
         ("code", differences.code_line(tags, provenance.code_state(), patch, args.checkout)),
         ("config", differences.config_line(job.config, today, args.checkout)),
         ("data", differences.data_line(job.config, job.digests, args.force)),
+        (
+            "teacher",
+            differences.teacher_line(job.config, tags, Path(stack.enter_context(tempfile.TemporaryDirectory()))),
+        ),
         ("environment", differences.environment_line(tracking.artifact_text(job.run_id, "environment.txt"))),
         ("machine", differences.machine_line(tags, job.config.get("precision", "float32"))),
         ("seed", differences.seed_line(job.config)),
     ]
+    job.lines = [(aspect, line) for aspect, line in job.lines if line is not None]
     if today is not None:  # keys added to conf/ since the run take today's defaults; the run's values win
         job.config = OmegaConf.to_container(OmegaConf.merge(today, job.config))
 
@@ -286,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 print("\n".join(f"  {aspect:<12} {line}" for aspect, line in job.lines), flush=True)
-        except (Refusal, DataError) as e:
+        except (Refusal, DataError, teachers.TeacherError) as e:
             print(f"fer_exp.reproduce: {e}", file=sys.stderr)
             return 2
         except tracking.TrackingError as e:

@@ -7,6 +7,7 @@ import math
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -49,6 +50,7 @@ def main(cfg: DictConfig) -> float | None:
     from fer_exp.tracking import AccessError
     from fer_exp.training.callbacks import install_signal_handlers, raise_if_signalled
     from fer_exp.training.job import train
+    from fer_exp.training.teachers import TeacherError
 
     # Ctrl-C and SIGTERM: the run ends KILLED with its last completed epoch checkpointed.
     install_signal_handlers()
@@ -66,7 +68,7 @@ def main(cfg: DictConfig) -> float | None:
         if not os.environ.get(REMOTE_ENV):  # on a cluster worker only this job stops; the driver ends the sweep
             lifecycle.finish_sweep("KILLED", jobs_done=False)  # parallel jobs may still be running
         sys.exit(130)
-    except (DataError, AccessError) as e:
+    except (DataError, AccessError, TeacherError) as e:
         # A user error: the message says what to fix; a traceback would only hide it.
         log.error("job %s: %s", run_name, e)
         if not multirun:
@@ -85,9 +87,13 @@ def main(cfg: DictConfig) -> float | None:
 
 def preflight(cfg: DictConfig) -> str | None:
     """What stops a single job before TensorFlow loads (seconds of imports), or None: its data folder
-    or file is missing, or its tracking store refuses it or does not answer. train() checks the same."""
+    or file is missing, its tracking store refuses it, or a teacher is missing, unfinished or names
+    other classes. train() checks the same (and the teachers' input size)."""
+    import tempfile
+
     from fer_exp import tracking
     from fer_exp.data import data_digests
+    from fer_exp.training import teachers
 
     config = OmegaConf.to_container(cfg, resolve=True)
     data, store = config["data"], config["tracking"]
@@ -95,8 +101,11 @@ def preflight(cfg: DictConfig) -> str | None:
         if data["format"] == "csv" or data.get("root") is not None:  # the default root may fall back to synthetic
             data_digests(data)
         # a server that does not answer is no error for a job without resume=true: it starts on its spool
-        tracking.configure(store["uri"], store["dir"], store["experiment"], offline=not config["resume"])
-    except (DataError, tracking.AccessError) as e:
+        online = tracking.configure(store["uri"], store["dir"], store["experiment"], offline=not config["resume"])
+        if (refs := teachers.refs_of(config["teacher"])) and online is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                teachers.find(refs, data["classes"], Path(tmp))
+    except (DataError, tracking.AccessError, teachers.TeacherError) as e:
         return str(e)
     return None
 

@@ -72,7 +72,9 @@ def delta_text(section: Section, spread: float | None, metric: str) -> str:
 
 def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
     keys = list(section.rows[0]["settings"]) if section.rows else []
+    distilled = any(r.get("distilled_from") for r in section.rows)
     head = ["#", *keys, "status", "score", "TTA", "epochs", "train s", "training PFLOP", "commit", "dirty", "data"]
+    head += ["distilled from"] if distilled else []
     by_id = {j["run_id"]: j for j in section.jobs}
     body = []
     for i, r in enumerate(section.rows, 1):
@@ -93,6 +95,7 @@ def job_table(section: Section) -> tuple[list[str], list[list[str]]]:
                 j["tags"].get(tracking.TAG_GIT_COMMIT, "-")[:8],
                 j["tags"].get(tracking.TAG_GIT_DIRTY, "-"),
                 (train if train.startswith("synthetic") else train[:12]) or "-",
+                *([r.get("distilled_from") or "-"] if distilled else []),
             ]
         )
     return head, body

@@ -76,6 +76,7 @@ HEAVY_FIRST = [
     "test_cluster.py",
     "test_search.py",
     "test_ensemble.py",
+    "test_distill.py",
     "test_recipe.py",
 ]
 

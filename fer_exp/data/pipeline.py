@@ -19,23 +19,25 @@ def make_dataset(
     augmenter=None,
     training: bool = False,
     seed: int | None = None,
+    soft: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Batches of ((B, H, W, 1) float32 in [0, 1], (B, num_classes) one-hot).
 
-    Training sets are reshuffled each epoch (seeded) and augmented per batch.
+    Training sets are reshuffled each epoch (seeded) and augmented per batch. soft: (N, num_classes)
+    teacher probabilities per image (distillation), which then follow the one-hot labels: (B, 2 x num_classes).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ds = tf.data.Dataset.from_tensor_slices((images, labels))
+    ds = tf.data.Dataset.from_tensor_slices((images, labels) if soft is None else (images, labels, soft))
     if training:
         ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
 
-    def prepare(x, y):
+    def prepare(x, y, *teacher):
         x = to_inputs(x)
         if training and augmenter is not None:
             x = augmenter(x, training=True)
-        return x, tf.one_hot(y, num_classes)
+        return x, tf.concat([tf.one_hot(y, num_classes), *teacher], axis=-1) if teacher else tf.one_hot(y, num_classes)
 
     # Deterministic order of batches; augmentation runs in parallel.
     return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)

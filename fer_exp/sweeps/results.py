@@ -97,6 +97,7 @@ def job_rows(jobs: list[dict], metric: str) -> list[dict]:
                 "params": j["metrics"].get("params"),
                 "minutes": (end - j["start"]) / 60000,
                 **dict(zip(("train_minutes", "pflop"), training_cost(j))),
+                "distilled_from": j["tags"].get(tracking.TAG_DISTILLED_FROM),
             }
         )
     finished = [r["value"] if r["status"] == "FINISHED" else None for r in rows]
@@ -157,7 +158,8 @@ def table(rows: list[dict], metric: str) -> str:
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+    notes = [f"#{i} distilled from {r['distilled_from']}" for i, r in enumerate(rows, 1) if r.get("distilled_from")]
+    return "\n".join(["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines] + notes)
 
 
 def save(rows: list[dict], metric: str, out: Path, title: str = "") -> list[Path]:

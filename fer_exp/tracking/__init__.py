@@ -19,6 +19,7 @@ from fer_exp.tracking.outage import replay
 from fer_exp.tracking.queries import (
     artifact_text,
     download_artifacts,
+    download_files,
     epoch_seconds,
     experiment_name,
     experiment_runs,

@@ -27,6 +27,7 @@ def record(run, history_metric: str | None = None, client: MlflowClient | None =
         "experiment_id": run.info.experiment_id,
         "name": run.info.run_name or "",
         "status": run.info.status,
+        "deleted": run.info.lifecycle_stage == "deleted",
         "params": dict(run.data.params),
         "metrics": dict(run.data.metrics),
         "tags": dict(run.data.tags),
@@ -136,6 +137,14 @@ def download_artifacts(run_id: str, path: str, dst: Path) -> Path | None:
     if not MlflowClient().list_artifacts(run_id, path):
         return None
     return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst)))
+
+
+def download_files(run_id: str, names: list[str], dst: Path) -> list[Path] | None:
+    """The run's top-level artifact files `names`, downloaded into `dst`; None when one is missing."""
+    found = {a.path for a in MlflowClient().list_artifacts(run_id)}
+    if not set(names) <= found:
+        return None
+    return [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dst))) for n in names]
 
 
 def latest_sweep(experiment: str) -> dict | None:

@@ -18,7 +18,7 @@ from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, build_augmenter, class_weights, count_table, load_data, make_dataset, with_fallback
 from fer_exp.models import log_evaluation
 from fer_exp.sweeps.trial import tell_reused, trial_for
-from fer_exp.training import machine
+from fer_exp.training import machine, teachers
 from fer_exp.training.callbacks import (
     DROP_HDF5_NOTICE,
     EpochCheckpoint,
@@ -151,11 +151,14 @@ def start_model(
     return model, state
 
 
-def pipelines(config: dict, train: Split, val: Split, num_classes: int) -> tuple:
-    """(training batches, augmented and shuffled; validation batches; class weights or None)."""
+def pipelines(config: dict, train: Split, val: Split, num_classes: int, soft=None) -> tuple:
+    """(training batches, augmented and shuffled, with the teachers' probabilities `soft` when distilling;
+    validation batches; class weights or None)."""
     augmenter = build_augmenter(**config["augment"], seed=config["seed"])
     batch, seed = config["batch_size"], config["seed"]
-    train_ds = make_dataset(train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed)
+    train_ds = make_dataset(
+        train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed, soft=soft
+    )
     val_ds = make_dataset(val.images, val.labels, num_classes, batch)
     weights = class_weights(train.labels, num_classes) if config["class_weight"] == "balanced" else None
     return train_ds, val_ds, weights
@@ -203,6 +206,10 @@ def train(
     if config["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     where, tags = machine_tags(config, overrides, interrupted)
+    # teacher=: found, checked and loaded before the run begins (a bad one writes nothing)
+    found = teachers.find(teachers.refs_of(config["teacher"]), config["data"]["classes"], out / "teachers")
+    teacher_models = teachers.load(found, int(config["data"]["image_size"]))
+    tags.update(teachers.lineage(found) if found else {})
     spool = (Path(store["spool_dir"]), store["outage_minutes"])  # where records wait while a tracking server is away
     with (
         tracking.start_run(
@@ -217,16 +224,20 @@ def train(
         trial_for(config) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
-        result = fit(config, out, where, interrupted, trial, run_name)
+        result = fit(config, out, where, interrupted, trial, run_name, teacher_models)
     return {"run_id": run_id, **result}
 
 
-def fit(config: dict, out: Path, where: dict, interrupted: dict | None, trial, run_name: str) -> dict:
-    """Inside the job's run: load the data, build (or restore) the model, fit it, then keep, evaluate and
-    record the weights asked for. `trial` (or None) learns the result."""
+def fit(
+    config: dict, out: Path, where: dict, interrupted: dict | None, trial, run_name: str, teacher_models: list
+) -> dict:
+    """Inside the job's run: load the data, build (or restore) the model, fit it (learning also from
+    `teacher_models`' probabilities, when there are any), then keep, evaluate and record the weights
+    asked for. `trial` (or None) learns the result."""
     splits, source = load_data(config["data"], seed=config["seed"])
     classes, train_split, val_split = list(config["data"]["classes"]), splits["train"], splits["validation"]
     log_data(splits, source, config["data"]["name"], classes)
+    soft = teach(config, teacher_models, train_split) if teacher_models else None
     model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
     early_stopping = config["early_stopping"]
     best = keras.callbacks.ModelCheckpoint(
@@ -234,7 +245,7 @@ def fit(config: dict, out: Path, where: dict, interrupted: dict | None, trial, r
     )
     model, state = start_model(config, interrupted, out, best, len(classes), len(train_split))
     speed = speed_meter(model, where, len(train_split))
-    train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes))
+    train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes), soft)
     callbacks, watch = make_callbacks(config, out, best, state["history"], speed, trial)
     log.info("training %s for up to %d epochs on %d images; %s", describe_model(model, config), config["epochs"],
              len(train_split), ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]))  # fmt: skip
@@ -255,6 +266,19 @@ def fit(config: dict, out: Path, where: dict, interrupted: dict | None, trial, r
     if trial:
         trial.value = result["val_accuracy"]
     return result
+
+
+def teach(config: dict, teacher_models: list, train: Split):
+    """The teachers' probabilities of the training images (teachers.probabilities), timed and recorded."""
+    start = time.time()
+    soft = teachers.probabilities(
+        teacher_models, train.images, config["distill"]["views"], fit_verbosity(config["verbose"])
+    )
+    seconds = time.time() - start
+    tracking.log_metrics({"teacher_seconds": seconds})
+    log.info("the teachers' probabilities: %.0f s (%d teacher(s), %d view(s))", seconds, len(teacher_models),
+             config["distill"]["views"])  # fmt: skip
+    return soft
 
 
 def finish(
