@@ -26,6 +26,8 @@ One-off studies, only when named in --sections (studies.py):
              TensorFlow's thread pools for the recipe: each setting in a fresh process
   profile    where one recipe training step spends its time, by op type (TensorFlow profiler),
              plus augmentation and validation per epoch
+  distill    what 3 `fast`-size teachers add to a `fast` student's training: a forward pass on every
+             batch (online) against their probabilities computed once per image and view
 
 Sections not run keep their figures from the same CPU's previous results file.
 """
@@ -51,12 +53,12 @@ from faces import bench_faces
 from inference import bench_inference
 from runs import bench_memory, bench_sweep
 from speed import bench_data, bench_peak, bench_pipeline, bench_training
-from studies import bench_kernels, bench_notebook, bench_profile, probe
+from studies import bench_distill, bench_kernels, bench_notebook, bench_profile, probe
 
 from fer_exp.data import DEFAULT_ROOT, load_folder_split
 
 DEFAULT = ("data", "pipeline", "peak", "training", "sweep", "inference", "memory", "faces")
-STUDIES = ("notebook", "kernels", "profile")
+STUDIES = ("notebook", "kernels", "profile", "distill")
 
 
 def parse_args() -> argparse.Namespace:
@@ -129,6 +131,8 @@ def main() -> None:
         bench_kernels(results, args.models, args.budget / 2)
     if "profile" in sections:
         bench_profile(results, splits)
+    if "distill" in sections:
+        bench_distill(results, splits["train"], args.budget)
     seconds = round(time.perf_counter() - started, 1)
     results[f"seconds ({','.join(sections)})"] = seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)

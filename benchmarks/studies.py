@@ -221,3 +221,53 @@ def bench_profile(results: dict, splits: dict[str, Split], steps: int = 12) -> N
     start = time.perf_counter()
     model.evaluate(val_ds, verbose=0)
     row(results, "profile", "validation pass", time.perf_counter() - start, "s per epoch", f"{len(val)} images")
+
+
+# --- distill: what the teachers cost a distilled run, in the two designs --------------------------
+
+
+def bench_distill(results: dict, train: Split, budget: float, teachers: int = 3, views: int = 10) -> None:
+    """A `fast` student taught by `teachers` models of its own size (untrained: the speed is the same):
+    its training step with [labels | probabilities] targets, and the teachers' forward pass at the
+    training batch size (what an online teacher adds to every step) and in predict's batches of 256
+    (what fer_exp computes once per training image and view). Both as a share of the student's
+    training time over `fast`'s epochs."""
+    from fer_exp.models.evaluation import view_probabilities
+
+    c = config("experiment=fast", "teacher=bench", "distill.views=1")
+    bs, epochs, n = c["batch_size"], c["epochs"], len(train)
+    keras.utils.set_random_seed(c["seed"])
+    student = compile_model(c, 7, -(-n // bs))
+    models = [compile_model(c, 7, 1) for _ in range(teachers)]
+    aug = build_augmenter(**c["augment"], seed=c["seed"])
+    soft = np.full((n, 7), 1 / 7, np.float32)
+    pool = [
+        (x.numpy(), y.numpy()) for x, y in make_dataset(train.images, train.labels, 7, bs, aug, True, 1, soft).take(16)
+    ]
+    batches = tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(p) for p in zip(*pool))).repeat().batch(bs)
+    step = step_time(student, batches, budget)[0] / bs  # seconds per training image
+    forward = tf.function(lambda x: [m(x, training=False) for m in models])
+    x = tf.constant(pool[0][0])
+    forward(x)
+    start, rounds = time.perf_counter(), 0
+    while time.perf_counter() - start < budget / 2:
+        forward(x)
+        rounds += 1
+    online = (time.perf_counter() - start) / rounds / bs  # the teachers' seconds per training image, every epoch
+    sample = train.images[:2048]
+    start = time.perf_counter()
+    view_probabilities(models[0], sample, views)
+    once = (time.perf_counter() - start) / len(sample) * teachers  # per training image, all views and teachers
+    row(
+        results,
+        "distill",
+        f"fast student: training step, {teachers} teachers' targets",
+        1 / step,
+        "images/s",
+        f"batch {bs}",
+    )
+    row(results, "distill", f"{teachers} fast teachers: forward pass per training batch", 1 / online, "images/s")
+    row(results, "distill", "online teachers: added to the student's training time", online / step, "ratio",
+        "the teachers' forward pass on every augmented batch, every epoch")  # fmt: skip
+    row(results, "distill", f"once, {views} views: added to {epochs} epochs of training", once / (epochs * step), "ratio",
+        f"{once * n / 60:.1f} min for {n} images, before the first epoch")  # fmt: skip
