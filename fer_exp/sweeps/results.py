@@ -56,10 +56,11 @@ def status(job: dict) -> str:
 
 
 def training_cost(job: dict) -> tuple[float | None, float | None]:
-    """(training minutes, PFLOP) of a job record: its fit time, and the training FLOPs it measured per
-    image times the images and epochs it trained (None where a run did not record them)."""
+    """(training minutes, PFLOP) of a job record: its fit time (plus, distilled, its teachers' pass over
+    the training images), and the training FLOPs it measured per image times the images and epochs it
+    trained (None where a run did not record them)."""
     m = job["metrics"]
-    minutes = m["train_seconds"] / 60 if "train_seconds" in m else None
+    minutes = (m["train_seconds"] + m.get("teacher_seconds", 0.0)) / 60 if "train_seconds" in m else None
     needed = ("train_gflop_per_image", "data_train_images", "epochs_run")
     pflop = m[needed[0]] * m[needed[1]] * m[needed[2]] / 1e6 if all(k in m for k in needed) else None
     return minutes, pflop

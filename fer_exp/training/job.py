@@ -207,7 +207,7 @@ def train(
         tf.config.experimental.enable_op_determinism()
     where, tags = machine_tags(config, overrides, interrupted)
     # teacher=: found, checked and loaded before the run begins (a bad one writes nothing)
-    found = teachers.find(teachers.refs_of(config["teacher"]), config["data"]["classes"], out / "teachers")
+    found = teachers.find(teachers.refs_of(config.get("teacher")), config["data"]["classes"], out / "teachers")
     teacher_models = teachers.load(found, int(config["data"]["image_size"]))
     tags.update(teachers.lineage(found) if found else {})
     spool = (Path(store["spool_dir"]), store["outage_minutes"])  # where records wait while a tracking server is away
