@@ -4,6 +4,7 @@ machine's settings (precision, kernels, threads) it trains with.
     job        train(config): data, model, fit, evaluation, all recorded
     compiled   the model a config describes with its optimizer, schedule, loss and metrics
     callbacks  signals, time budgets, per-epoch metrics and speed, checkpoints
+    teachers   a distilled job's teachers: found, checked, their probabilities of the training images
     machine    the CPU and GPUs, the precision and kernels fastest there (no TensorFlow needed)
 """
 
