@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -144,7 +145,16 @@ def download_files(run_id: str, names: list[str], dst: Path) -> list[Path] | Non
     found = {a.path for a in MlflowClient().list_artifacts(run_id)}
     if not set(names) <= found:
         return None
-    return [Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dst))) for n in names]
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    unset = bar not in os.environ
+    os.environ.setdefault(bar, "false")  # not a progress bar per small file (unless the user asks for them)
+    try:
+        return [
+            Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=n, dst_path=str(dst))) for n in names
+        ]
+    finally:
+        if unset:
+            os.environ.pop(bar, None)
 
 
 def latest_sweep(experiment: str) -> dict | None:
