@@ -26,6 +26,8 @@ One-off studies, only when named in --sections (studies.py):
              TensorFlow's thread pools for the recipe: each setting in a fresh process
   profile    where one recipe training step spends its time, by op type (TensorFlow profiler),
              plus augmentation and validation per epoch
+  speedrun   the speed columns of the speedrun's ablation (common.SPEEDRUN_ROWS): the `training`
+             section's figures for each row, from `fast` cut to 12 epochs to experiment=speedrun
   distill    what 3 `fast`-size teachers add to a `fast` student's training: a forward pass on every
              batch (online) against their probabilities computed once per image and view
 
@@ -48,7 +50,7 @@ machine.use_onednn(
     "vgg"
 )  # before TensorFlow loads: what fer_exp.run picks for the recipe (per model: fer_exp/training/machine.py)
 import tensorflow as tf
-from common import MODEL_CONFIGS, ROOT, config
+from common import MODEL_CONFIGS, ROOT, SPEEDRUN_ROWS, config
 from faces import bench_faces
 from inference import bench_inference
 from runs import bench_memory, bench_sweep
@@ -58,7 +60,7 @@ from studies import bench_distill, bench_kernels, bench_notebook, bench_profile,
 from fer_exp.data import DEFAULT_ROOT, load_folder_split
 
 DEFAULT = ("data", "pipeline", "peak", "training", "sweep", "inference", "memory", "faces")
-STUDIES = ("notebook", "kernels", "profile", "distill")
+STUDIES = ("notebook", "kernels", "profile", "distill", "speedrun")
 
 
 def parse_args() -> argparse.Namespace:
@@ -113,7 +115,7 @@ def main() -> None:
         splits = {s: load_folder_split(args.data, s, classes, 48, cache_dir=cache) for s in ("train", "validation")}
     if "pipeline" in sections:
         bench_pipeline(results, splits["train"], args.batches)
-    if "peak" in sections or "training" in sections:
+    if "peak" in sections or "training" in sections or "speedrun" in sections:
         peak = bench_peak(results)
     if "training" in sections:
         bench_training(results, splits["train"], args.models, args.budget, peak)
@@ -133,6 +135,8 @@ def main() -> None:
         bench_profile(results, splits)
     if "distill" in sections:
         bench_distill(results, splits["train"], args.budget)
+    if "speedrun" in sections:
+        bench_training(results, splits["train"], list(SPEEDRUN_ROWS), args.budget, peak, SPEEDRUN_ROWS, "speedrun")
     seconds = round(time.perf_counter() - started, 1)
     results[f"seconds ({','.join(sections)})"] = seconds
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,29 @@ MODEL_CONFIGS = {
     "fast": ["experiment=fast"],
     "vgg": ["model=vgg"],
     "efficientnet_b2": ["model=efficientnet_b2"],
+    "speedrun": ["experiment=speedrun"],
+}
+# The speedrun's ablation (benchmarks/README.md, "Speedrun"): each row the one before it plus one lever;
+# the `speedrun` section times their training steps. Levers that change no speed (epochs, label
+# smoothing, ...) are rows of the accuracy table only.
+SPEEDRUN_ROWS = {
+    "fast, 12 epochs": ["experiment=fast", "epochs=12"],
+    "fast, fused batch norm": ["experiment=fast", "epochs=12", "+model.batch_norm=fused"],
+    "fast, widths 32..256, fused": [
+        "experiment=fast",
+        "epochs=12",
+        "+model.batch_norm=fused",
+        "model.filters=[32,64,128,256]",
+    ],
+    "airbench 32/64/128, conv stem, GELU, Keras BN": [
+        "experiment=speedrun",
+        "model.stem=conv",
+        "model.activation=gelu",
+        "model.batch_norm=keras",
+    ],
+    "+ fused batch norm": ["experiment=speedrun", "model.stem=conv", "model.activation=gelu"],
+    "+ ReLU": ["experiment=speedrun", "model.stem=conv"],
+    "+ whitening stem (= speedrun)": ["experiment=speedrun"],
 }
 
 

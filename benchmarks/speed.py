@@ -89,14 +89,22 @@ def bench_peak(results: dict) -> dict[str, float]:
     return peak
 
 
-def bench_training(results: dict, train: Split, names: list[str], budget: float, peak: dict[str, float]) -> None:
+def bench_training(
+    results: dict,
+    train: Split,
+    names: list[str],
+    budget: float,
+    peak: dict[str, float],
+    configs: dict[str, list[str]] = MODEL_CONFIGS,
+    section: str = "training",
+) -> None:
     """Per model config: training steps fed from in-memory tensors vs from the input pipeline, FLOPs and MFU.
 
     In-memory: 16 distinct batches, augmented once beforehand, cycled (same shapes as the
     pipeline's). The two are timed alternately, twice each, so that drift hits both alike.
     """
     for name in names:
-        c = config(*MODEL_CONFIGS[name])
+        c = config(*configs[name])
         if c["deterministic"]:
             tf.config.experimental.enable_op_determinism()
         keras.utils.set_random_seed(c["seed"])
@@ -116,12 +124,10 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
                 cpu[mode].append(cpu_seconds)
         t_mem, t_fed = np.mean(wall["mem"]), np.mean(wall["fed"])
         spread = " / ".join(f"{m / f:.3f}" for m, f in zip(wall["mem"], wall["fed"]))
-        row(
-            results, "training", f"{name} (batch {bs}): in-memory tensors", bs / t_mem, "images/s", f"2 x {steps} steps"
-        )
+        row(results, section, f"{name} (batch {bs}): in-memory tensors", bs / t_mem, "images/s", f"2 x {steps} steps")
         row(
             results,
-            "training",
+            section,
             f"{name} (batch {bs}): fed by the pipeline",
             bs / t_fed,
             "images/s",
@@ -129,7 +135,7 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: pipeline / in-memory",
             t_mem / t_fed,
             "ratio",
@@ -137,7 +143,7 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: CPU time per step, in-memory / pipeline",
             np.mean(cpu["mem"]) / np.mean(cpu["fed"]),
             "ratio",
@@ -145,17 +151,19 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: seconds per epoch",
             t_fed * per_epoch,
             "s",
             f"{per_epoch} steps of {bs}, no validation",
         )
+        row(results, section, f"{name}: training minutes, whole run", t_fed * per_epoch * c["epochs"] / 60, "min",
+            f"{c['epochs']} epochs at that rate")  # fmt: skip
         forward, flops = training_flops(model)
         dtype = "bfloat16" if machine.precision(c["precision"]) == "mixed_bfloat16" else "float32"
         row(
             results,
-            "training",
+            section,
             f"{name}: training flops per image",
             flops / 1e9,
             "GFLOP",
@@ -163,7 +171,7 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: training flops, whole run",
             flops * len(train) * c["epochs"] / 1e15,
             "PFLOP",
@@ -171,7 +179,7 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: achieved training flop/s",
             flops * bs / t_fed / 1e9,
             "GFLOP/s",
@@ -179,7 +187,7 @@ def bench_training(results: dict, train: Split, names: list[str], budget: float,
         )
         row(
             results,
-            "training",
+            section,
             f"{name}: mfu",
             flops * bs / t_fed / peak[dtype],
             "",

@@ -13,6 +13,9 @@ from collections.abc import Callable
 import keras
 from keras import layers
 
+from fer_exp.models.layers import WHITEN
+from fer_exp.models.layers import batch_norm as norm
+
 log = logging.getLogger(__name__)
 
 
@@ -92,6 +95,7 @@ def vgg(
     dropout: float = 0.5,
     block_dropout: float = 0.0,
     crop: int | None = None,
+    batch_norm: str = "keras",
 ) -> keras.Model:
     """VGG-style: per block `convs` x (3x3 same Conv -> BN -> ReLU), MaxPool; then GAP, Dropout, softmax.
 
@@ -100,13 +104,14 @@ def vgg(
     inference alike). The model still takes whole faces, so evaluate, predict and ensembles need
     nothing else; training gets random crops from the augmenter's shifts, and TTA's shifted views
     make its ten-crop test. A crop of c px costs about (c/48)^2 of the convs' FLOPs.
+    batch_norm: keras (Keras's own layer) | fused (TensorFlow's one-op kernel, FusedBatchNormalization).
     """
     inputs = keras.Input(input_shape)
     x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
     for f in filters:
         for _ in range(convs):
             x = layers.Conv2D(f, 3, padding="same", use_bias=False)(x)
-            x = layers.BatchNormalization()(x)
+            x = norm(batch_norm)(x)
             x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
         if block_dropout:
@@ -118,7 +123,52 @@ def vgg(
     return keras.Model(inputs, outputs, name="vgg")
 
 
-MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2, vgg)}
+def airbench(
+    input_shape,
+    num_classes: int,
+    widths=(32, 64, 128),
+    stem: str = "whiten",
+    stem_width: int = 32,
+    crop: int | None = 44,
+    activation: str = "relu",
+    batch_norm: str = "fused",
+    bn_momentum: float = 0.9,
+    dropout: float = 0.0,
+) -> keras.Model:
+    """airbench's network (Keller Jordan's CIFAR-10 speedruns), for one gray channel.
+
+    A stem, then per width a block: Conv (same) -> MaxPool -> BN -> act -> Conv -> BN -> act (the first
+    conv of a block runs before the pooling, the second after); a global max pool, Dense, softmax.
+    stem: whiten, a frozen 3x3 valid convolution whitening the image patches (18 filters, set from the
+    training images before the first epoch: fer_exp.models.layers.whitening_weights); conv, a trained
+    3x3 valid convolution of stem_width filters with BN. crop: as vgg's. batch_norm: fused | keras.
+    """
+    inputs = keras.Input(input_shape)
+    x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
+    if stem == "whiten":
+        x = layers.Conv2D(18, 3, padding="valid", use_bias=False, trainable=False, name=WHITEN)(x)
+    elif stem == "conv":
+        x = layers.Conv2D(stem_width, 3, padding="valid", use_bias=False)(x)
+        x = norm(batch_norm, momentum=bn_momentum)(x)
+    else:
+        raise ValueError(f"model.stem={stem!r}: use whiten or conv")
+    x = layers.Activation(activation)(x)
+    for width in widths:
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.MaxPooling2D(2)(x)
+        x = norm(batch_norm, momentum=bn_momentum)(x)
+        x = layers.Activation(activation)(x)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = norm(batch_norm, momentum=bn_momentum)(x)
+        x = layers.Activation(activation)(x)
+    x = layers.GlobalMaxPooling2D()(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="airbench")
+
+
+MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2, vgg, airbench)}
 
 
 def build_model(name: str, input_shape, num_classes: int, **kwargs) -> keras.Model:

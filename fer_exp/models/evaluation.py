@@ -105,6 +105,7 @@ def log_evaluation(
     figures and report are written beside `model_file`. verbose: the prediction's progress (see evaluate)."""
     from fer_exp import plots, tracking
     from fer_exp.data.pipeline import to_inputs
+    from fer_exp.models.layers import portable
 
     out = model_file.parent
     evaluation = evaluate(model, val.images, val.labels, classes, tta_views, verbose=verbose)
@@ -119,5 +120,5 @@ def log_evaluation(
     (out / "classification_report.txt").write_text(evaluation.text)
     tracking.log_files([*files, out / "confusion_matrix.png", out / "classification_report.txt"])
     tracking.log_dict(evaluation.report, "classification_report.json")
-    tracking.log_keras_model(model, to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
+    tracking.log_keras_model(portable(model), to_inputs(val.images[:2]).numpy(), metadata={CLASSES_KEY: list(classes)})
     return evaluation

@@ -59,6 +59,7 @@ def load_model(uri: str, tracking_uri: str | None = None, tracking_dir: str | Pa
     import keras
 
     from fer_exp import tracking
+    from fer_exp.models import layers  # noqa: F401  (registers FusedBatchNormalization for keras's loader)
 
     if "://" not in uri and ":/" not in uri:
         if not Path(uri).exists():

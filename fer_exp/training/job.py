@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from fer_exp import tracking
 from fer_exp.config import config_hash, flatten, validate
 from fer_exp.data import Split, build_augmenter, class_weights, count_table, load_data, make_dataset, with_fallback
-from fer_exp.models import log_evaluation
+from fer_exp.models import log_evaluation, portable, whiten
 from fer_exp.sweeps.trial import tell_reused, trial_for
 from fer_exp.training import machine, teachers
 from fer_exp.training.callbacks import (
@@ -244,6 +244,8 @@ def fit(
         str(model_file), monitor=early_stopping["monitor"], mode=early_stopping["mode"], save_best_only=True
     )
     model, state = start_model(config, interrupted, out, best, len(classes), len(train_split))
+    if not interrupted and whiten(model, train_split.images):
+        log.info("the whitening stem: set from the training images' 3x3 patches")
     speed = speed_meter(model, where, len(train_split))
     train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes), soft)
     callbacks, watch = make_callbacks(config, out, best, state["history"], speed, trial)
@@ -311,7 +313,7 @@ def keep_weights(config: dict, model: keras.Model, model_file: Path, history: di
     """
     values = history.get(early_stopping["monitor"], [])
     if config["keep_weights"] == "last":
-        model.save(model_file)
+        portable(model).save(model_file)
         return f"last epoch {len(values)}" + (" (EMA)" if config["ema"] else "")
     pick = max if early_stopping["mode"] == "max" else min
     return f"best epoch {values.index(pick(values)) + 1}" if values else "best epoch"

@@ -144,6 +144,8 @@ def load(teachers: list[Teacher], image_size: int) -> list:
     """The teachers' Keras models, each checked to take this job's image size; raises TeacherError."""
     import keras
 
+    from fer_exp.models import layers  # noqa: F401  (registers FusedBatchNormalization for keras's loader)
+
     models = []
     for t in teachers:
         model = keras.models.load_model(t.file, compile=False)
