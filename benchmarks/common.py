@@ -25,6 +25,7 @@ MODEL_CONFIGS = {
 # The speedrun's ablation (benchmarks/README.md, "Speedrun"): each row the one before it plus one lever;
 # the `speedrun` section times their training steps. Levers that change no speed (epochs, label
 # smoothing, ...) are rows of the accuracy table only.
+AIR32 = ["experiment=speedrun", "model.widths=[32,64,128]"]
 SPEEDRUN_ROWS = {
     "fast, 12 epochs": ["experiment=fast", "epochs=12"],
     "fast, fused batch norm": ["experiment=fast", "epochs=12", "+model.batch_norm=fused"],
@@ -35,14 +36,15 @@ SPEEDRUN_ROWS = {
         "model.filters=[32,64,128,256]",
     ],
     "airbench 32/64/128, conv stem, GELU, Keras BN": [
-        "experiment=speedrun",
+        *AIR32,
         "model.stem=conv",
         "model.activation=gelu",
         "model.batch_norm=keras",
     ],
-    "+ fused batch norm": ["experiment=speedrun", "model.stem=conv", "model.activation=gelu"],
-    "+ ReLU": ["experiment=speedrun", "model.stem=conv"],
-    "+ whitening stem (= speedrun)": ["experiment=speedrun"],
+    "+ fused batch norm": [*AIR32, "model.stem=conv", "model.activation=gelu"],
+    "+ ReLU": [*AIR32, "model.stem=conv"],
+    "+ whitening stem": AIR32,
+    "+ widths 48/96/192 (= speedrun)": ["experiment=speedrun"],
 }
 
 

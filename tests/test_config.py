@@ -64,7 +64,7 @@ def test_help_lists_groups_and_options():
         [sys.executable, "-m", "fer_exp.run", "--help"], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     for line in (
-        "model: deep, efficientnet_b2, shallow",
+        "model: airbench, deep, efficientnet_b2, shallow",
         "augment: none, notebook, strong",  # not the old name augment=seed, which still works
         "data: fer2013, fer2013_csv, synthetic",  # not _fer7, a part of each
         "lr:",
