@@ -201,5 +201,9 @@ def test_sigterm_ends_the_run_killed(tmp_path):
 @pytest.mark.parametrize("bad", ["model=nonexistent", "model.name=vgg99"])
 def test_bad_override_fails_clearly(tmp_path, bad):
     p = run_cli(tmp_path, bad, "debug=tiny", timeout=300)
-    expected = "nonexistent" if bad.startswith("model=") else "model.name='vgg99' is not valid: expected one of airbench, deep,"
+    expected = (
+        "nonexistent"
+        if bad.startswith("model=")
+        else "model.name='vgg99' is not valid: expected one of airbench, deep,"
+    )
     assert p.returncode != 0 and expected in p.stdout + p.stderr, (p.stdout + p.stderr)[-3000:]
