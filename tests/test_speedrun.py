@@ -71,7 +71,8 @@ def test_a_tiny_speedrun_trains_whitened_and_logs_a_keras_only_model(tmp_path, c
     assert run.info.status == "FINISHED" and run.data.metrics["epochs_run"] == 2
     kept = keras.models.load_model(tmp_path / "out" / "model.h5", compile=False)
     stem = kept.get_layer("whiten")
-    assert not stem.trainable and np.abs(stem.kernel.numpy()).sum() > 0  # set from the images, not trained
+    kernel = stem.kernel.numpy()  # set from the images (eigenvectors and their negatives), then not trained
+    assert not stem.trainable and np.abs(kernel).sum() > 0 and np.allclose(kernel[..., 9:], -kernel[..., :9])
     # what it saved and logged has Keras's own layers only: `mlflow models serve` loads it without fer_exp
     logged = mlflow.keras.load_model(f"runs:/{result['run_id']}/model")
     for model in (kept, logged):

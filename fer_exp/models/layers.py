@@ -30,9 +30,8 @@ class FusedBatchNormalization(layers.BatchNormalization):
     def call(self, inputs, training=None, mask=None):
         import tensorflow as tf
 
-        ones = tf.ones_like(self.moving_mean)
-        gamma = self.gamma if self.scale else ones
-        beta = self.beta if self.center else 0.0 * ones
+        gamma = self.gamma if self.scale else tf.ones_like(self.moving_mean)
+        beta = self.beta if self.center else tf.zeros_like(self.moving_mean)
         common = dict(
             scale=gamma, offset=beta, mean=self.moving_mean, variance=self.moving_variance, epsilon=self.epsilon
         )

@@ -140,12 +140,15 @@ def start_model(
     out: Path,
     best: keras.callbacks.ModelCheckpoint,
     num_classes: int,
-    images: int,
+    images,
 ) -> tuple[keras.Model, dict]:
-    """(the model, its state: last epoch and history): the interrupted run's last checkpoint, or a new model."""
+    """(the model, its state: last epoch and history): the interrupted run's last checkpoint, or a new model
+    (its whitening stem, if it has one, set from the training `images`)."""
     if not interrupted:
-        steps_per_epoch = -(-images // max(1, config["batch_size"]))
-        return compile_model(config, num_classes, steps_per_epoch), {"epoch": -1, "history": {}}
+        model = compile_model(config, num_classes, -(-len(images) // max(1, config["batch_size"])))
+        if whiten(model, images):
+            log.info("the whitening stem: set from the training images' 3x3 patches")
+        return model, {"epoch": -1, "history": {}}
     model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
     log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
     return model, state
@@ -243,9 +246,7 @@ def fit(
     best = keras.callbacks.ModelCheckpoint(
         str(model_file), monitor=early_stopping["monitor"], mode=early_stopping["mode"], save_best_only=True
     )
-    model, state = start_model(config, interrupted, out, best, len(classes), len(train_split))
-    if not interrupted and whiten(model, train_split.images):
-        log.info("the whitening stem: set from the training images' 3x3 patches")
+    model, state = start_model(config, interrupted, out, best, len(classes), train_split.images)
     speed = speed_meter(model, where, len(train_split))
     train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes), soft)
     callbacks, watch = make_callbacks(config, out, best, state["history"], speed, trial)
