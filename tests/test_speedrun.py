@@ -59,6 +59,24 @@ def test_the_whitening_stem_decorrelates_image_patches():
     np.testing.assert_allclose(kernel[..., 9:], -kernel[..., :9])
 
 
+def test_dirac_initialisation_passes_each_convs_input_through_its_first_filters():
+    from fer_exp.models import build_model
+
+    def convs(model):
+        return [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D) and layer.trainable]
+
+    dirac = convs(build_model("airbench", (48, 48, 1), 7, widths=(16, 32), dirac=True))
+    assert [conv.kernel.shape[2:] for conv in dirac] == [(18, 16), (16, 16), (16, 32), (32, 32)]
+    x = np.random.default_rng(3).normal(size=(2, 8, 8, 32)).astype("float32")
+    for conv in dirac:
+        n = min(conv.kernel.shape[2:])
+        y = keras.ops.convert_to_numpy(conv(x[..., : conv.kernel.shape[2]]))
+        np.testing.assert_allclose(y[..., :n], x[..., :n], atol=1e-6)
+    assert np.abs(keras.ops.convert_to_numpy(dirac[2].kernel)[..., 16:]).sum() > 0  # the others stay random
+    plain = convs(build_model("airbench", (48, 48, 1), 7, widths=(16, 32)))  # off by default
+    assert all(np.abs(keras.ops.convert_to_numpy(conv.kernel)).max() < 0.5 for conv in plain)
+
+
 def test_a_tiny_speedrun_trains_whitened_and_logs_a_keras_only_model(tmp_path, compose):
     from fer_exp.training.job import train
 

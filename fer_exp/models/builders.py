@@ -134,6 +134,7 @@ def airbench(
     batch_norm: str = "fused",
     bn_momentum: float = 0.9,
     dropout: float = 0.0,
+    dirac: bool = False,
 ) -> keras.Model:
     """airbench's network (Keller Jordan's CIFAR-10 speedruns), for one gray channel.
 
@@ -142,6 +143,7 @@ def airbench(
     stem: whiten, a frozen 3x3 valid convolution whitening the image patches (18 filters, set from the
     training images before the first epoch: fer_exp.models.layers.whitening_weights); conv, a trained
     3x3 valid convolution of stem_width filters with BN. crop: as vgg's. batch_norm: fused | keras.
+    dirac: airbench's identity initialisation, each block conv's first filters pass their input through.
     """
     inputs = keras.Input(input_shape)
     x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
@@ -165,7 +167,15 @@ def airbench(
     if dropout:
         x = layers.Dropout(dropout)(x)
     outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
-    return keras.Model(inputs, outputs, name="airbench")
+    model = keras.Model(inputs, outputs, name="airbench")
+    if dirac:
+        for conv in (layer for layer in model.layers if isinstance(layer, layers.Conv2D) and layer.trainable):
+            kernel = keras.ops.convert_to_numpy(conv.kernel)
+            n = min(kernel.shape[2:])
+            kernel[..., :n] = 0.0
+            kernel[1, 1, range(n), range(n)] = 1.0
+            conv.kernel.assign(kernel)
+    return model
 
 
 MODELS: dict[str, Callable[..., keras.Model]] = {f.__name__: f for f in (deep, shallow, efficientnet_b2, vgg, airbench)}
