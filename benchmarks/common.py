@@ -25,7 +25,9 @@ MODEL_CONFIGS = {
 # The speedrun's ablation (benchmarks/README.md, "Speedrun"): each row the one before it plus one lever;
 # the `speedrun` section times their training steps. Levers that change no speed (epochs, label
 # smoothing, ...) are rows of the accuracy table only.
-AIR32 = ["experiment=speedrun", "model.widths=[32,64,128]"]
+# speedrun before its batch and augmentation levers: batches of 256, the recipe's augmentation
+SPEEDRUN0 = ["experiment=speedrun", "batch_size=256", "augment.rotation=10", "augment.zoom=0.1", "augment.erasing=0.5"]
+AIR32 = [*SPEEDRUN0, "model.widths=[32,64,128]"]
 SPEEDRUN_ROWS = {
     "fast, 12 epochs": ["experiment=fast", "epochs=12"],
     "fast, fused batch norm": ["experiment=fast", "epochs=12", "+model.batch_norm=fused"],
@@ -44,7 +46,10 @@ SPEEDRUN_ROWS = {
     "+ fused batch norm": [*AIR32, "model.stem=conv", "model.activation=gelu"],
     "+ ReLU": [*AIR32, "model.stem=conv"],
     "+ whitening stem": AIR32,
-    "+ widths 48/96/192 (= speedrun)": ["experiment=speedrun"],
+    "+ widths 48/96/192": SPEEDRUN0,
+    "+ batches of 128": [*SPEEDRUN0, "batch_size=128"],
+    "+ flips and shifts only (= speedrun)": ["experiment=speedrun"],
+    "speedrun, widths 64/128/256": ["experiment=speedrun", "model.widths=[64,128,256]"],
 }
 
 
