@@ -47,8 +47,9 @@ SPEEDRUN_ROWS = {
     "+ ReLU": [*AIR32, "model.stem=conv"],
     "+ whitening stem": AIR32,
     "+ widths 48/96/192": SPEEDRUN0,
-    "+ batches of 128": [*SPEEDRUN0, "batch_size=128"],
-    "+ flips and shifts only (= speedrun)": ["experiment=speedrun"],
+    "+ no random erasing": [*SPEEDRUN0, "augment.erasing=0"],
+    "+ batches of 128": [*SPEEDRUN0, "augment.erasing=0", "batch_size=128"],
+    "+ no rotation or zoom (= speedrun)": ["experiment=speedrun"],
     "speedrun, widths 64/128/256": ["experiment=speedrun", "model.widths=[64,128,256]"],
 }
 
