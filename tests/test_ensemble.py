@@ -43,7 +43,9 @@ def test_greedy_selection_starts_from_the_best_member_and_only_improves():
 
 @pytest.mark.slow
 def test_a_sweeps_top_three_become_one_model(tmp_path, capsys):
-    p = run_cli(tmp_path, "-m", "debug=small", "lr=1e-4,2e-4,3e-4", "epochs=3")
+    # float32: three epochs on small synthetic data are noisy, and bfloat16 (precision=auto's choice on
+    # CPUs that have it) made one member better than the ensemble; the ensemble's mechanics are under test
+    p = run_cli(tmp_path, "-m", "debug=small", "lr=1e-4,2e-4,3e-4", "epochs=3", "precision=float32")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     _, runs = store(tmp_path)
     members = {r.info.run_id: r.data.metrics["best_val_accuracy"] for r in jobs(runs)}

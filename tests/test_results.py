@@ -141,7 +141,9 @@ def test_champion_is_served_over_http(sweep_store):
     assert classes == ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]  # from the model's metadata
     local = np.asarray(model(faces))
     assert served.shape == (2, 7) and np.allclose(served.sum(axis=1), 1, atol=1e-4)
-    np.testing.assert_allclose(served, local, atol=1e-5)
+    # the sweep trained in bfloat16 where the CPU has it (precision=auto): two processes' bfloat16
+    # kernels may round differently; another model would differ by far more
+    np.testing.assert_allclose(served, local, atol=1e-3)
 
 
 @pytest.mark.slow
