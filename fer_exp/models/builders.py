@@ -143,7 +143,7 @@ def airbench(
     stem: whiten, a frozen 3x3 valid convolution whitening the image patches (18 filters, set from the
     training images before the first epoch: fer_exp.models.layers.whitening_weights); conv, a trained
     3x3 valid convolution of stem_width filters with BN. crop: as vgg's. batch_norm: fused | keras.
-    dirac: airbench's identity initialisation, each block conv's first filters pass their input through.
+    dirac: airbench's identity initialisation: each trained conv's first filters pass their input through.
     """
     inputs = keras.Input(input_shape)
     x = layers.CenterCrop(crop, crop)(inputs) if crop else inputs
