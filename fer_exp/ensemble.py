@@ -1,7 +1,7 @@
 """The best model a sweep can give: average the class probabilities of its top runs.
 
     python -m fer_exp.ensemble [sweep=<parent run id>] [top_k=5] [metric=best_val_accuracy]
-        [runs=<run id>,<run id>,...] [select=all | greedy] [tta=10]
+        [runs=<run id>,<run id>,... | runs=[<run id>,...]] [select=all | greedy] [tta=10]
         [tracking.experiment=fer_exp] [tracking.dir=mlruns | tracking.uri=http://...]
 
 Takes the sweep's top_k FINISHED jobs (not pruned) by `metric`, builds one Keras model whose
@@ -39,7 +39,7 @@ KEYS = {
     "top_k": (5, "how many of the sweep's best FINISHED jobs to average"),
     "metric": ("best_val_accuracy", "what the jobs are ranked by"),
     "select": ("all", "all: average the top_k; greedy: add members while validation improves (optimistic)"),
-    "runs": (None, "comma-separated run ids to average instead of a sweep's best"),
+    "runs": (None, "run ids to average instead of a sweep's best: runs=<a>,<b> or runs=[<a>,<b>]"),
     "tta": (10, "test-time views (1..10) of the ensemble's evaluation"),
     **cli.EXPERIMENT,
     **cli.TRACKING,
@@ -60,6 +60,12 @@ def top_members(jobs: list[dict], metric: str, top_k: int) -> list[dict]:
     if len(done) < 2:
         raise EnsembleError(f"the sweep has {len(done)} FINISHED job(s) with {metric}; an ensemble needs at least 2")
     return results.best_first(done, metric)[:top_k]
+
+
+def run_ids(value) -> list[str]:
+    """runs=<a>,<b> or Hydra's list form runs=[<a>,<b>] (the form fer_exp.run's teacher= takes)."""
+    items = list(value) if OmegaConf.is_list(value) else str(value).split(",")
+    return [str(i).strip() for i in items if str(i).strip()]
 
 
 def named_members(ids: list[str], metric: str) -> list[dict]:
@@ -213,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.runs:
             parent, members = (
                 None,
-                named_members([i.strip() for i in str(args.runs).split(",") if i.strip()], args.metric),
+                named_members(run_ids(args.runs), args.metric),
             )
         else:
             parent = results.find_sweep(args.tracking.experiment, args.sweep)["run_id"]

@@ -88,7 +88,8 @@ def test_a_sweeps_top_three_become_one_model(tmp_path, capsys):
     assert "at least 2 different run ids" in capsys.readouterr().err
     assert ensemble.main([f"runs={a},{run.info.run_id}", f"tracking_dir={store_dir}"]) == 2
     assert "members must be FINISHED job runs" in capsys.readouterr().err
-    assert ensemble.main([f"runs={a}, {b}", f"tracking_dir={store_dir}", "tta=2"]) == 0
+    # Hydra's list form, as teacher= takes it (the comma form: tests/test_distill.py)
+    assert ensemble.main([f"runs=[{a}, {b}]", f"tracking_dir={store_dir}", "tta=2"]) == 0
     assert "ensemble of 2 runs: run" in capsys.readouterr().out
     _, runs = store(tmp_path)
     (pair,) = [r for r in runs if r.info.run_name == "ensemble of 2 runs"]
