@@ -13,6 +13,13 @@ import pytest
 from helpers.runner import ROOT, run_cli, store, user_env
 
 slow = pytest.mark.slow
+# what `mlflow models serve` does with a run's model, in a process that never imports fer_exp
+LOAD_WITHOUT_FER_EXP = """
+import sys, mlflow
+mlflow.set_tracking_uri(sys.argv[1])
+mlflow.pyfunc.load_model(sys.argv[2])
+print("fer_exp imported:", any(name.startswith("fer_exp") for name in sys.modules))
+"""
 CLASSES = ["angry", "disgust", "fear", "happy", "neutral", "sad", "surprise"]
 
 
@@ -92,7 +99,9 @@ def test_a_student_records_its_teachers_reproduces_identically_and_refuses_when_
     client, runs = store(tmp_path)
     (teacher,) = runs
     t = teacher.info.run_id
-    p = run_cli(tmp_path, "debug=tiny", f"teacher={t}", "distill.views=2", "distill.alpha=0.8", "data.register_as=null")
+    # keep_weights=last as in recipe, fast and speedrun: the model in memory, compiled with fer_exp's loss, is logged
+    p = run_cli(tmp_path, "debug=tiny", f"teacher={t}", "distill.views=2", "distill.alpha=0.8", "keep_weights=last",
+                "data.register_as=null")  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     client, runs = store(tmp_path)
     (student,) = [r for r in runs if r.info.run_id != t]
@@ -109,6 +118,11 @@ def test_a_student_records_its_teachers_reproduces_identically_and_refuses_when_
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert f"teacher      same: {name} (run {t[:8]}) {lineage['sha256'][:12]}" in again.stdout
     assert ": identical: every metric equal" in again.stdout
+    served = subprocess.run(
+        [sys.executable, "-c", LOAD_WITHOUT_FER_EXP, f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", f"runs:/{s}/model"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=user_env(),
+    )  # fmt: skip
+    assert served.stdout.strip().splitlines()[-1:] == ["fer_exp imported: False"], served.stderr[-2000:]
 
     # an ensemble of the two as a teacher, once one of its members is gone
     capsys.readouterr()

@@ -46,6 +46,18 @@ def test_the_logged_copy_has_keras_layers_only_and_the_same_predictions(tmp_path
     assert portable(twin) is twin
 
 
+def test_the_logged_copy_of_a_distilled_model_drops_its_loss():
+    from fer_exp.models import build_model
+    from fer_exp.training.compiled import DistillationLoss
+
+    for name, kept in (("shallow", True), ("airbench", False)):  # airbench's fused batch norm is replaced
+        model = build_model(name, (48, 48, 1), 7)
+        model.compile(optimizer="sgd", loss=DistillationLoss(7, 0.5, 4.0))
+        twin = portable(model)  # fer_exp's loss in its compile config would stop `mlflow models serve` loading it
+        assert not twin.compiled and (twin.layers == model.layers) == kept
+        assert "fer_exp" not in twin.to_json() and portable(twin) is twin
+
+
 def test_the_whitening_stem_decorrelates_image_patches():
     rng = np.random.default_rng(2)
     images = (rng.random((64, 20, 20)) * 60 + np.linspace(0, 180, 20)).astype(np.uint8)  # correlated neighbours

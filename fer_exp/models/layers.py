@@ -53,19 +53,20 @@ def batch_norm(kind: str, **kwargs) -> layers.BatchNormalization:
 
 
 def portable(model: keras.Model) -> keras.Model:
-    """`model` with Keras's own BatchNormalization in place of FusedBatchNormalization, same weights: what a
-    process that never imports fer_exp can load (`mlflow models serve`). The model itself when it has none."""
-    if not any(isinstance(layer, FusedBatchNormalization) for layer in model.layers):
-        return model
+    """What a process that never imports fer_exp can load (`mlflow models serve`): `model` with Keras's own
+    BatchNormalization in place of FusedBatchNormalization, same weights, and uncompiled (a distilled
+    model's loss is fer_exp's DistillationLoss). The model itself when it is uncompiled and has none."""
 
     def clone(layer):
         if isinstance(layer, FusedBatchNormalization):
             return layers.BatchNormalization.from_config(layer.get_config())
         return layer.__class__.from_config(layer.get_config())
 
-    twin = keras.models.clone_model(model, clone_function=clone)
-    twin.set_weights(model.get_weights())
-    return twin
+    twin = model
+    if any(isinstance(layer, FusedBatchNormalization) for layer in model.layers):
+        twin = keras.models.clone_model(model, clone_function=clone)  # compiled as `model` is
+        twin.set_weights(model.get_weights())
+    return keras.Model(twin.input, twin.output, name=twin.name) if twin.compiled else twin  # same layers
 
 
 def whitening_weights(images: np.ndarray, size: int, eps: float = 5e-4) -> np.ndarray:
