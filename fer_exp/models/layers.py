@@ -1,5 +1,6 @@
 """Keras layers of ours: BatchNormalization on TensorFlow's fused kernel, the frozen patch-whitening
-stem; and `portable`, the same model with Keras's own layers only (for processes without fer_exp).
+stem; and `portable`, the same model with Keras's own layers only and uncompiled (for processes without
+fer_exp).
 """
 
 from __future__ import annotations
