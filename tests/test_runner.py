@@ -78,6 +78,25 @@ def test_sweep_of_two_models_and_two_learning_rates(tiny_sweep):
 
 
 @slow
+def test_the_next_sweeps_estimate_goes_by_the_runs_of_its_own_settings(tiny_sweep, compose):
+    from fer_exp.sweeps import eta
+    from fer_exp.tracking import provenance
+
+    tmp_path, _ = tiny_sweep
+    store(tmp_path)  # the sweep's store, as the next sweep there would read it
+    cpu = provenance.cpu_info()[0]
+    for overrides, counted in (
+        (["debug=tiny"], "2 run(s)"),
+        (["debug=tiny", "batch_size=3"], "2 run(s) of other settings"),
+    ):
+        config = compose(["model=shallow", *overrides])
+        jobs = eta.grid(["lr=1e-2,1e-1"], "shallow", 3, speed=eta.speed_params(config))
+        minutes, source = eta.estimate(jobs, cpu, config.data.name)
+        assert len(minutes) == 2 and all(m > 0 for m in minutes), source
+        assert source.endswith(f"of data {config.data.name}: shallow: {counted}")
+
+
+@slow
 def test_a_failing_job_is_recorded_and_the_sweep_goes_on(tmp_path):
     p = run_cli(tmp_path, "-m", "model=shallow", "batch_size=8,0", "debug=tiny")
     assert p.returncode == 1

@@ -214,13 +214,35 @@ def test_a_job_left_running_is_ended_lost_when_the_sweep_ends(tmp_path, monkeypa
 def test_a_sweeps_jobs_and_their_estimate_come_from_its_overrides_and_this_cpus_runs(monkeypatch):
     from fer_exp.sweeps import eta
 
-    jobs = eta.grid(["model=deep,shallow", "lr=1e-4,1e-3", "epochs=2", "data.root=/data/my faces"], "deep", 30)
-    assert jobs == [{"model": "deep", "epochs": 2}] * 2 + [{"model": "shallow", "epochs": 2}] * 2
-    assert eta.grid(["lr=1e-4"], "vgg", 5, n_trials=3) == [{"model": "vgg", "epochs": 5}] * 3
-    seconds = {"deep": [60.0, 120.0, 90.0], "shallow": []}  # per epoch, as this CPU's earlier runs took
+    speed = {"model.filters": "[32, 64]", "batch_size": "64", "precision": "auto"}
+    jobs = eta.grid(
+        ["model=deep,shallow", "lr=1e-4,1e-3", "epochs=2", "data.root=/data/my faces"], "deep", 30, None, speed
+    )
+    same = {"batch_size": "64", "precision": "auto"}  # a swept model's settings are not the config's
+    assert (
+        jobs
+        == [{"model": "deep", "epochs": 2, "same": same}] * 2 + [{"model": "shallow", "epochs": 2, "same": same}] * 2
+    )
+    assert (
+        eta.grid(["lr=1e-4"], "vgg", 5, n_trials=3, speed=speed) == [{"model": "vgg", "epochs": 5, "same": speed}] * 3
+    )
+    assert eta.grid(["experiment=fast,recipe"], "vgg", 5, speed=speed)[0]["same"] == {}
+    assert eta.grid(["+model.batch_norm=fused", "batch_size=32,64"], "vgg", 5, speed=speed)[0]["same"] == {
+        "model.filters": "[32, 64]",
+        "precision": "auto",
+    }
+    assert eta.alike_params({**speed, "lr": "0.1"}, speed)
+    assert not eta.alike_params({**speed, "model.batch_norm": "fused"}, speed)  # a setting the config does not have
+    # per epoch, as this CPU's earlier runs took: deep's at batch size 64 count alone, shallow never ran at 64
+    seconds = {
+        "deep": [(60.0, {"batch_size": "64", "precision": "auto"}), (90.0, same), (500.0, {"batch_size": "16"})],
+        "shallow": [(30.0, {"batch_size": "16", "precision": "auto"})],
+        "vgg": [],
+    }
     monkeypatch.setattr(eta.tracking, "epoch_seconds", lambda cpu, model, data: seconds[model])
-    minutes, source = eta.estimate(jobs, "AMD EPYC", "fer2013")
-    assert minutes == [3.0, 3.0, None, None] and "deep: 3 run(s)" in source
+    minutes, source = eta.estimate([*jobs, {"model": "vgg", "epochs": 1, "same": {}}], "AMD EPYC", "fer2013")
+    assert minutes == [2.5, 2.5, 1.0, 1.0, None]
+    assert "deep: 2 run(s), shallow: 1 run(s) of other settings" in source
     progress = eta.Progress([3.0, 3.0, 6.0])
     assert progress.plan(source).startswith("3 jobs, about 12 minutes (estimated from earlier runs on this CPU")
     monkeypatch.setattr(eta.time, "time", lambda: progress.start + 6 * 60)  # the first job took twice its estimate

@@ -76,6 +76,7 @@ def plan(config) -> eta.Progress:
         config.model.name,
         int(config.epochs),
         int(config.hydra.sweeper.n_trials) if search else None,
+        eta.speed_params(config),
     )
     minutes, source = eta.estimate(jobs, provenance.cpu_info()[0], config.data.name)
     progress = eta.Progress(minutes)

@@ -54,9 +54,9 @@ def resolve_run(ref: str) -> str:
     return ref
 
 
-def epoch_seconds(cpu: str, model: str, data_name: str) -> list[float]:
-    """Seconds per training epoch of the store's FINISHED runs of `model` on data `data_name` that ran on
-    `cpu` (tag fer_exp.machine.cpu), newest first, at most 50."""
+def epoch_seconds(cpu: str, model: str, data_name: str) -> list[tuple[float, dict]]:
+    """(seconds per training epoch, params) of the store's FINISHED runs of `model` on data `data_name`
+    that ran on `cpu` (tag fer_exp.machine.cpu), newest first, at most 50."""
     client = MlflowClient()
     query = (
         f"attributes.status = 'FINISHED' and tags.`{TAG_MACHINE}.cpu` = '{cpu}' "
@@ -65,7 +65,9 @@ def epoch_seconds(cpu: str, model: str, data_name: str) -> list[float]:
     experiments = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(experiments, query, order_by=["attributes.start_time DESC"], max_results=50)
     return [
-        r.data.metrics["train_seconds"] / r.data.metrics["epochs_run"] for r in runs if r.data.metrics.get("epochs_run")
+        (r.data.metrics["train_seconds"] / r.data.metrics["epochs_run"], dict(r.data.params))
+        for r in runs
+        if r.data.metrics.get("epochs_run")
     ]
 
 
