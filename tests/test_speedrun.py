@@ -89,12 +89,14 @@ def test_dirac_initialisation_passes_each_convs_input_through_its_first_filters(
     assert all(np.abs(keras.ops.convert_to_numpy(conv.kernel)).max() < 0.5 for conv in plain)
 
 
-def test_a_tiny_speedrun_trains_whitened_and_logs_a_keras_only_model(tmp_path, compose):
+@pytest.mark.parametrize("keep", ["last", "best"])
+def test_a_tiny_speedrun_trains_whitened_and_logs_a_keras_only_model(tmp_path, compose, keep):
     from fer_exp.training.job import train
 
     cfg = compose(["experiment=speedrun", "debug=tiny", "epochs=2", f"tracking.dir={tmp_path / 'mlruns'}"])
     assert cfg.model.name == "airbench" and cfg.model.stem == "whiten" and cfg.model.batch_norm == "fused"
     assert cfg.keep_weights == "last" and cfg.early_stopping.patience == 0  # validation does not steer it
+    cfg.keep_weights = keep  # best: the checkpoint's model.h5, saved during training with the fused layers
     result = train(cfg, output_dir=tmp_path / "out")
     client = mlflow.MlflowClient()
     run = client.get_run(result["run_id"])

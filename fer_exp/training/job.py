@@ -310,11 +310,14 @@ def keep_weights(config: dict, model: keras.Model, model_file: Path, history: di
     """Make model_file hold the weights keep_weights asks for; returns which they are ("best epoch 7").
 
     best: the epoch best on the monitor, which ModelCheckpoint saved; last: the final weights
-    (EMA-averaged with ema=true), saved now. best_val_accuracy then scores these weights.
+    (EMA-averaged with ema=true), saved now. Either is saved portable (Keras's own layers only).
+    best_val_accuracy then scores these weights.
     """
     values = history.get(early_stopping["monitor"], [])
     if config["keep_weights"] == "last":
         portable(model).save(model_file)
         return f"last epoch {len(values)}" + (" (EMA)" if config["ema"] else "")
+    if model_file.exists():  # ModelCheckpoint saved the best epoch's model with its own layers
+        portable(keras.models.load_model(model_file, compile=False)).save(model_file)
     pick = max if early_stopping["mode"] == "max" else min
     return f"best epoch {values.index(pick(values)) + 1}" if values else "best epoch"
