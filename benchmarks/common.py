@@ -17,6 +17,7 @@ MODEL_CONFIGS = {
     "shallow": ["model=shallow"],
     "deep": ["model=deep"],
     "recipe": ["experiment=recipe"],
+    "recipe-fused": ["experiment=recipe", "+model.batch_norm=fused"],  # whether the recipe should fuse its BN
     "fast": ["experiment=fast"],
     "vgg": ["model=vgg"],
     "efficientnet_b2": ["model=efficientnet_b2"],

@@ -240,7 +240,8 @@ def fit(
     splits, source = load_data(config["data"], seed=config["seed"])
     classes, train_split, val_split = list(config["data"]["classes"]), splits["train"], splits["validation"]
     log_data(splits, source, config["data"]["name"], classes)
-    soft = teach(config, teacher_models, train_split) if teacher_models else None
+    views, verbose = config["distill"]["views"], fit_verbosity(config["verbose"])
+    soft = teachers.teach(teacher_models, train_split.images, views, verbose) if teacher_models else None
     model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
     early_stopping = config["early_stopping"]
     best = keras.callbacks.ModelCheckpoint(
@@ -269,19 +270,6 @@ def fit(
     if trial:
         trial.value = result["val_accuracy"]
     return result
-
-
-def teach(config: dict, teacher_models: list, train: Split):
-    """The teachers' probabilities of the training images (teachers.probabilities), timed and recorded."""
-    start = time.time()
-    soft = teachers.probabilities(
-        teacher_models, train.images, config["distill"]["views"], fit_verbosity(config["verbose"])
-    )
-    seconds = time.time() - start
-    tracking.log_metrics({"teacher_seconds": seconds})
-    log.info("the teachers' probabilities: %.0f s (%d teacher(s), %d view(s))", seconds, len(teacher_models),
-             config["distill"]["views"])  # fmt: skip
-    return soft
 
 
 def finish(

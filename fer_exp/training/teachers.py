@@ -172,3 +172,17 @@ def probabilities(models: list, images, views: int, verbose: int = 0):
         probs = view_probabilities(model, images, views, verbose=verbose).mean(axis=0)
         total = probs if total is None else total + probs
     return (total / len(models)).astype(np.float32)
+
+
+def teach(models: list, images, views: int, verbose: int = 0):
+    """probabilities(), timed: the job records the seconds as its teacher_seconds."""
+    import time
+
+    from fer_exp import tracking
+
+    start = time.time()
+    soft = probabilities(models, images, views, verbose)
+    seconds = time.time() - start
+    tracking.log_metrics({"teacher_seconds": seconds})
+    log.info("the teachers' probabilities: %.0f s (%d teacher(s), %d view(s))", seconds, len(models), views)
+    return soft
