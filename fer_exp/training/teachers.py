@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -176,8 +177,6 @@ def probabilities(models: list, images, views: int, verbose: int = 0):
 
 def teach(models: list, images, views: int, verbose: int = 0):
     """probabilities(), timed: the job records the seconds as its teacher_seconds."""
-    import time
-
     from fer_exp import tracking
 
     start = time.time()
