@@ -64,6 +64,31 @@ def test_each_image_keeps_its_teacher_probabilities_through_the_shuffled_pipelin
     assert seen == n
 
 
+def test_a_sweep_of_students_computes_its_teachers_probabilities_once(tmp_path, monkeypatch):
+    from fer_exp.training import teachers
+
+    computed = []
+
+    def probabilities(models, images, views, verbose=0):
+        computed.append(views)
+        return np.full((len(images), 7), views / 7, np.float32)
+
+    monkeypatch.setattr(teachers, "probabilities", probabilities)
+    images = np.random.default_rng(0).integers(0, 256, (30, 8, 8), dtype=np.uint8)
+    a = [teachers.Teacher("a", tmp_path / "a.h5", CLASSES, "1" * 64)]
+    first = teachers.cached_probabilities(a, [], images, 2, str(tmp_path / "cache"))
+    again = teachers.cached_probabilities(a, [], images, 2, str(tmp_path / "cache"))
+    assert computed == [2] and np.array_equal(first, again)
+    # another teacher's file, other views, other images, no cache: computed anew
+    b = [teachers.Teacher("a", tmp_path / "a.h5", CLASSES, "2" * 64)]
+    teachers.cached_probabilities(b, [], images, 2, str(tmp_path / "cache"))
+    assert teachers.cached_probabilities(a, [], images, 3, str(tmp_path / "cache"))[0, 0] == pytest.approx(3 / 7)
+    teachers.cached_probabilities(a, [], images[::-1], 2, str(tmp_path / "cache"))
+    teachers.cached_probabilities(a, [], images, 2, None)
+    assert computed == [2, 2, 3, 2, 2]
+    assert len(list((tmp_path / "cache").iterdir())) == 4  # no temporary file left behind
+
+
 def test_compare_says_what_a_run_was_distilled_from():
     from fer_exp.sweeps.results import job_rows, table
     from fer_exp.tracking import TAG_DISTILLED_FROM
@@ -101,7 +126,7 @@ def test_a_student_records_its_teachers_reproduces_identically_and_refuses_when_
     t = teacher.info.run_id
     # keep_weights=last as in recipe, fast and speedrun: the model in memory, compiled with fer_exp's loss, is logged
     p = run_cli(tmp_path, "debug=tiny", f"teacher={t}", "distill.views=2", "distill.alpha=0.8", "keep_weights=last",
-                "data.register_as=null")  # fmt: skip
+                "data.register_as=null", f"data.cache_dir={tmp_path / 'cache'}")  # fmt: skip
     assert p.returncode == 0, p.stderr[-3000:]
     client, runs = store(tmp_path)
     (student,) = [r for r in runs if r.info.run_id != t]
@@ -113,6 +138,7 @@ def test_a_student_records_its_teachers_reproduces_identically_and_refuses_when_
     name = teacher.info.run_name
     assert student.data.tags[tracking.TAG_DISTILLED_FROM] == f"{name} (run {t[:8]})"
     assert student.data.params["distill.alpha"] == "0.8" and "teacher_seconds" in student.data.metrics
+    assert [f.name[:9] for f in (tmp_path / "cache").iterdir()] == ["teachers-"]  # what its reproduction reuses
 
     again = command(tmp_path, "reproduce", s)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]

@@ -227,21 +227,23 @@ def train(
         trial_for(config) as trial,
     ):
         validate(cfg)  # a bad value fails the run, recorded, before any data loads
-        result = fit(config, out, where, interrupted, trial, run_name, teacher_models)
+        result = fit(config, out, where, interrupted, trial, run_name, (found, teacher_models))
     return {"run_id": run_id, **result}
 
 
 def fit(
-    config: dict, out: Path, where: dict, interrupted: dict | None, trial, run_name: str, teacher_models: list
+    config: dict, out: Path, where: dict, interrupted: dict | None, trial, run_name: str, taught: tuple[list, list]
 ) -> dict:
-    """Inside the job's run: load the data, build (or restore) the model, fit it (learning also from
-    `teacher_models`' probabilities, when there are any), then keep, evaluate and record the weights
-    asked for. `trial` (or None) learns the result."""
+    """Inside the job's run: load the data, build (or restore) the model, fit it (learning also from the
+    probabilities of the teachers `taught` = (found, their models), when there are any), then keep,
+    evaluate and record the weights asked for. `trial` (or None) learns the result."""
     splits, source = load_data(config["data"], seed=config["seed"])
     classes, train_split, val_split = list(config["data"]["classes"]), splits["train"], splits["validation"]
     log_data(splits, source, config["data"]["name"], classes)
     views, verbose = config["distill"]["views"], fit_verbosity(config["verbose"])
-    soft = teachers.teach(teacher_models, train_split.images, views, verbose) if teacher_models else None
+    found, models = taught
+    cache = config["data"].get("cache_dir")
+    soft = teachers.teach(found, models, train_split.images, views, cache, verbose) if found else None
     model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
     early_stopping = config["early_stopping"]
     best = keras.callbacks.ModelCheckpoint(

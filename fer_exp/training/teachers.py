@@ -8,7 +8,9 @@ that every kind is a file whose SHA-256 the student records (its lineage) and `r
 
 The probabilities are computed once per training image, as the mean over its distill.views test-time
 views and over the teachers (as fer_exp.ensemble averages its members), not on every augmented batch:
-benchmarks/README.md ("Distillation") measures both. Nothing here loads TensorFlow until `load`.
+benchmarks/README.md ("Distillation") measures both. They are kept in data.cache_dir, so that the next
+job with the same teachers, images and views (a seed sweep of students) reuses them. Nothing here
+loads TensorFlow until `load`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,12 +178,44 @@ def probabilities(models: list, images, views: int, verbose: int = 0):
     return (total / len(models)).astype(np.float32)
 
 
-def teach(models: list, images, views: int, verbose: int = 0):
-    """probabilities(), timed: the job records the seconds as its teacher_seconds."""
+def cached_probabilities(
+    found: list[Teacher], models: list, images, views: int, cache_dir: str | None, verbose: int = 0
+):
+    """probabilities(), read from `cache_dir` when a job with the same teachers (by the SHA-256 of their
+    files), images, views and precision already computed them, and else computed and written there."""
+    import keras
+    import numpy as np
+
+    if not cache_dir:
+        return probabilities(models, images, views, verbose)
+    key = {"teachers": [t.sha256 for t in found], "views": views, "policy": keras.config.dtype_policy().name,
+           "images": list(images.shape)}  # fmt: skip
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
+    digest.update(np.ascontiguousarray(images).data)
+    path = Path(cache_dir) / f"teachers-{digest.hexdigest()[:20]}.npy"
+    if path.is_file():
+        try:
+            soft = np.load(path, allow_pickle=False)
+            if soft.shape[0] == len(images):
+                log.info("the teachers' probabilities: reused from %s", path)
+                return soft
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable cache %s (%s)", path, e)
+    soft = probabilities(models, images, views, verbose)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")  # atomic: parallel jobs share the cache
+    with open(tmp, "wb") as f:
+        np.save(f, soft)
+    os.replace(tmp, path)
+    return soft
+
+
+def teach(found: list[Teacher], models: list, images, views: int, cache_dir: str | None, verbose: int = 0):
+    """cached_probabilities(), timed: the job records the seconds as its teacher_seconds."""
     from fer_exp import tracking
 
     start = time.time()
-    soft = probabilities(models, images, views, verbose)
+    soft = cached_probabilities(found, models, images, views, cache_dir, verbose)
     seconds = time.time() - start
     tracking.log_metrics({"teacher_seconds": seconds})
     log.info("the teachers' probabilities: %.0f s (%d teacher(s), %d view(s))", seconds, len(models), views)
