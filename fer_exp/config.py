@@ -139,7 +139,7 @@ CHECKS = {
     ),
     "distill.alpha": (lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]"),
     "distill.temperature": (lambda v: _number(v) and v > 0, "a number > 0, e.g. 4"),
-    "distill.views": (lambda v: _whole(v) and 1 <= v <= 10, "a whole number from 1 to 10"),
+    "distill.views": (lambda v: v == "online" or _whole(v) and 1 <= v <= 10, "a whole number from 1 to 10, or online"),
     "data.image_size": (lambda v: _whole(v) and v >= 16, "a whole number of pixels >= 16"),
     "data.limit_per_class": (lambda v: v is None or (_whole(v) and v >= 1), "null or a whole number >= 1"),
 }

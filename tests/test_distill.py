@@ -64,6 +64,27 @@ def test_each_image_keeps_its_teacher_probabilities_through_the_shuffled_pipelin
     assert seen == n
 
 
+def test_online_teachers_see_the_very_augmented_views_the_student_learns_from():
+    import keras
+
+    from fer_exp.data.augment import build_augmenter
+    from fer_exp.data.pipeline import make_dataset, to_inputs
+    from fer_exp.training.teachers import online
+
+    keras.utils.set_random_seed(0)
+    k = 7
+    teacher = keras.Sequential([keras.Input((8, 8, 1)), keras.layers.Flatten(), keras.layers.Dense(k, "softmax")])
+    images = np.random.default_rng(1).integers(0, 256, (24, 8, 8), dtype=np.uint8)
+    clean = teacher.predict(to_inputs(images), verbose=0)
+    augmenter = build_augmenter(shift=0.25, flip="horizontal", erasing=0.5, seed=1)
+    seen = []
+    for x, y in make_dataset(images, np.arange(24) % k, k, 8, augmenter, True, seed=2, teacher=online([teacher])):
+        np.testing.assert_allclose(y.numpy()[:, k:], teacher.predict(x, verbose=0), atol=1e-5)
+        seen.extend(y.numpy()[:, k:])
+    # the targets are of the augmented views, not of the clean images
+    assert len(seen) == 24 and not all(np.abs(clean - row).sum(axis=1).min() < 1e-5 for row in seen)
+
+
 def test_a_sweep_of_students_computes_its_teachers_probabilities_once(tmp_path, monkeypatch):
     from fer_exp.training import teachers
 
@@ -149,6 +170,13 @@ def test_a_student_records_its_teachers_reproduces_identically_and_refuses_when_
         cwd=tmp_path, capture_output=True, text=True, timeout=300, env=user_env(),
     )  # fmt: skip
     assert served.stdout.strip().splitlines()[-1:] == ["fer_exp imported: False"], served.stderr[-2000:]
+    # distill.views=online: the teacher on each augmented batch, no probabilities computed beforehand
+    p = run_cli(tmp_path, "debug=tiny", f"teacher={t}", "distill.views=online", "data.register_as=null")
+    assert p.returncode == 0, p.stderr[-3000:]
+    client, runs = store(tmp_path)
+    (online,) = [r for r in runs if r.data.params.get("distill.views") == "online"]  # beside a reproduction of s
+    assert online.info.status == "FINISHED" and "teacher_seconds" not in online.data.metrics
+    client.delete_run(online.info.run_id)
 
     # an ensemble of the two as a teacher, once one of its members is gone
     capsys.readouterr()

@@ -154,13 +154,13 @@ def start_model(
     return model, state
 
 
-def pipelines(config: dict, train: Split, val: Split, num_classes: int, soft=None) -> tuple:
-    """(training batches, augmented and shuffled, with the teachers' probabilities `soft` when distilling;
-    validation batches; class weights or None)."""
+def pipelines(config: dict, train: Split, val: Split, num_classes: int, soft=None, teacher=None) -> tuple:
+    """(training batches, augmented and shuffled, with the teachers' probabilities when distilling: `soft`
+    per image, or `teacher` of each augmented batch; validation batches; class weights or None)."""
     augmenter = build_augmenter(**config["augment"], seed=config["seed"])
     batch, seed = config["batch_size"], config["seed"]
     train_ds = make_dataset(
-        train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed, soft=soft
+        train.images, train.labels, num_classes, batch, augmenter, training=True, seed=seed, soft=soft, teacher=teacher
     )
     val_ds = make_dataset(val.images, val.labels, num_classes, batch)
     weights = class_weights(train.labels, num_classes) if config["class_weight"] == "balanced" else None
@@ -242,8 +242,11 @@ def fit(
     log_data(splits, source, config["data"]["name"], classes)
     views, verbose = config["distill"]["views"], fit_verbosity(config["verbose"])
     found, models = taught
-    cache = config["data"].get("cache_dir")
-    soft = teachers.teach(found, models, train_split.images, views, cache, verbose) if found else None
+    soft = teacher = None
+    if found and views == "online":
+        teacher = teachers.online(models)
+    elif found:
+        soft = teachers.teach(found, models, train_split.images, views, config["data"].get("cache_dir"), verbose)
     model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
     early_stopping = config["early_stopping"]
     best = keras.callbacks.ModelCheckpoint(
@@ -251,7 +254,7 @@ def fit(
     )
     model, state = start_model(config, interrupted, out, best, len(classes), train_split.images)
     speed = speed_meter(model, where, len(train_split))
-    train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes), soft)
+    train_ds, val_ds, weights = pipelines(config, train_split, val_split, len(classes), soft, teacher)
     callbacks, watch = make_callbacks(config, out, best, state["history"], speed, trial)
     log.info("training %s for up to %d epochs on %d images; %s", describe_model(model, config), config["epochs"],
              len(train_split), ", ".join([where["cpu"], where["precision"], f"oneDNN {where['onednn']}"]))  # fmt: skip

@@ -9,8 +9,10 @@ that every kind is a file whose SHA-256 the student records (its lineage) and `r
 The probabilities are computed once per training image, as the mean over its distill.views test-time
 views and over the teachers (as fer_exp.ensemble averages its members), not on every augmented batch:
 benchmarks/README.md ("Distillation") measures both. They are kept in data.cache_dir, so that the next
-job with the same teachers, images and views (a seed sweep of students) reuses them. Nothing here
-loads TensorFlow until `load`.
+job with the same teachers, images and views (a seed sweep of students) reuses them. With
+distill.views=online the teachers instead see each augmented batch in the input pipeline (`online`):
+consistent targets, at the price of their forward pass on every batch. Nothing here loads
+TensorFlow until `load`.
 """
 
 from __future__ import annotations
@@ -176,6 +178,18 @@ def probabilities(models: list, images, views: int, verbose: int = 0):
         probs = view_probabilities(model, images, views, verbose=verbose).mean(axis=0)
         total = probs if total is None else total + probs
     return (total / len(models)).astype(np.float32)
+
+
+def online(models: list):
+    """The teachers as a function of an augmented batch of model inputs: the mean of their probabilities
+    (distill.views=online: the targets of the very views the student sees, "consistent" in Beyer et al.
+    2022, arXiv 2106.05237)."""
+    from keras import ops
+
+    def teacher(x):
+        return ops.mean(ops.stack([ops.cast(m(x, training=False), "float32") for m in models]), axis=0)
+
+    return teacher
 
 
 def cached_probabilities(
