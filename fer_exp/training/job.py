@@ -240,13 +240,10 @@ def fit(
     splits, source = load_data(config["data"], seed=config["seed"])
     classes, train_split, val_split = list(config["data"]["classes"]), splits["train"], splits["validation"]
     log_data(splits, source, config["data"]["name"], classes)
-    views, verbose = config["distill"]["views"], fit_verbosity(config["verbose"])
-    found, models = taught
-    soft = teacher = None
-    if found and views == "online":
-        teacher = teachers.online(models)
-    elif found:
-        soft = teachers.teach(found, models, train_split.images, views, config["data"].get("cache_dir"), verbose)
+    soft, teacher = teachers.targets(
+        *taught, train_split.images, config["distill"]["views"], config["data"].get("cache_dir"),
+        fit_verbosity(config["verbose"]),
+    )  # fmt: skip
     model_file = out / "model.h5"  # the kept model (by default the best epoch's, as the notebook saved it)
     early_stopping = config["early_stopping"]
     best = keras.callbacks.ModelCheckpoint(

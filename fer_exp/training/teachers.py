@@ -234,3 +234,14 @@ def teach(found: list[Teacher], models: list, images, views: int, cache_dir: str
     tracking.log_metrics({"teacher_seconds": seconds})
     log.info("the teachers' probabilities: %.0f s (%d teacher(s), %d view(s))", seconds, len(models), views)
     return soft
+
+
+def targets(found: list[Teacher], models: list, images, views, cache_dir: str | None, verbose: int = 0) -> tuple:
+    """What the student's pipeline learns from beside its labels, as (soft, teacher): the probabilities of
+    each image (teach) or, with views="online", the teachers of each augmented batch; (None, None)
+    without teachers."""
+    if not found:
+        return None, None
+    if views == "online":
+        return None, online(models)
+    return teach(found, models, images, views, cache_dir, verbose), None
