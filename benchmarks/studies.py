@@ -233,6 +233,7 @@ def bench_distill(results: dict, train: Split, budget: float, teachers: int = 3,
     (what fer_exp computes once per training image and view). Both as a share of the student's
     training time over `fast`'s epochs."""
     from fer_exp.models.evaluation import view_probabilities
+    from fer_exp.training.teachers import online as online_teacher
 
     c = config("experiment=fast", "teacher=bench", "distill.views=1")
     bs, epochs, n = c["batch_size"], c["epochs"], len(train)
@@ -271,3 +272,14 @@ def bench_distill(results: dict, train: Split, budget: float, teachers: int = 3,
         "the teachers' forward pass on every augmented batch, every epoch")  # fmt: skip
     row(results, "distill", f"once, {views} views: added to {epochs} epochs of training", once / (epochs * step), "ratio",
         f"{once * n / 60:.1f} min for {n} images, before the first epoch")  # fmt: skip
+    # distill.views=online as fer_exp runs it: the teachers inside the augmenting input pipeline,
+    # against the same pipeline carrying precomputed probabilities
+    piped = make_dataset(train.images, train.labels, 7, bs, aug, True, 1, soft).repeat()
+    live = make_dataset(train.images, train.labels, 7, bs, aug, True, 1, teacher=online_teacher(models)).repeat()
+    piped_step, live_step = (step_time(student, ds, budget)[0] / bs for ds in (piped, live))
+    row(results, "distill", "fast student, fed by the augmenting pipeline", 1 / piped_step, "images/s",
+        "precomputed probabilities (distill.views=1 or 10)")  # fmt: skip
+    row(results, "distill", "the same with the online teachers in the pipeline", 1 / live_step, "images/s",
+        "distill.views=online")  # fmt: skip
+    row(results, "distill", "distill.views=online: added to the student's training time", live_step / piped_step - 1,
+        "ratio", "measured through fit, every epoch")  # fmt: skip
