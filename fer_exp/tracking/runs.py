@@ -90,26 +90,7 @@ def start_run(
     tags = {TAG_ROLE: "job", TAG_HASH: config_hash, **known, **placement(), **(tags or {})}
     if parent:
         tags[TAG_SWEEP] = parent
-    uri = mlflow.get_tracking_uri()
-    if spool and is_server(uri) and not answers(uri):  # away before the run began: it starts on the spool
-        run_id = outage.start_offline(
-            spool[0], uri, spool[1], run_name, experiment=experiment, parent_run_id=parent, tags=tags
-        )
-    else:
-        with writable():
-            # log_system_metrics: MLflow samples CPU, memory, disk and network (GPUs with nvidia-ml-py) as
-            # system/*; its start and stop lines at INFO would repeat in every job's output
-            logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
-            run_id = mlflow.start_run(
-                run_name=run_name,
-                parent_run_id=parent,
-                tags=tags,
-                # the parent's experiment, else the active one
-                experiment_id=MlflowClient().get_run(parent).info.experiment_id if parent else None,
-                log_system_metrics=True,
-            ).info.run_id
-        if spool and is_server(uri):
-            outage.open_outbox(spool[0], {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}, spool[1])
+    run_id = begin(run_name, tags, parent, spool, experiment)
     status = "FINISHED"
     try:
         # with an outbox, a failed call is retried twice, 1 s apart, and then the outbox takes over
@@ -132,6 +113,32 @@ def start_run(
                 raise
     finally:
         outage.end_active_run(status)
+
+
+def begin(
+    run_name: str, tags: dict[str, str], parent: str | None, spool: tuple[Path, float] | None, experiment: str | None
+) -> str:
+    """start_run's run, active, and its id: on a tracking server with a spool, its outbox opened, or, with
+    the server away, the run started on the spool (created on the server when it answers)."""
+    uri = mlflow.get_tracking_uri()
+    if spool and is_server(uri) and not answers(uri):  # away before the run began: it starts on the spool
+        return outage.start_offline(spool[0], uri, spool[1], run_name, experiment=experiment, parent_run_id=parent,
+                                    tags=tags)  # fmt: skip
+    with writable():
+        # log_system_metrics: MLflow samples CPU, memory, disk and network (GPUs with nvidia-ml-py) as
+        # system/*; its start and stop lines at INFO would repeat in every job's output
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+        run_id = mlflow.start_run(
+            run_name=run_name,
+            parent_run_id=parent,
+            tags=tags,
+            # the parent's experiment, else the active one
+            experiment_id=MlflowClient().get_run(parent).info.experiment_id if parent else None,
+            log_system_metrics=True,
+        ).info.run_id
+    if spool and is_server(uri):
+        outage.open_outbox(spool[0], {"tracking_uri": uri, "run_id": run_id, "run_name": run_name}, spool[1])
+    return run_id
 
 
 def create_run(experiment_id: str, name: str, tags: dict[str, str]) -> str:
