@@ -67,6 +67,15 @@ STATUS_COLOURS = {
 }
 
 
+def shade_sweeps(ax: plt.Axes, spans: list[tuple[int, int, str]], label_y: float) -> None:
+    """Each sweep's jobs (first, last, label) shaded in turn, labelled above them at `label_y`."""
+    for i, (first, last, label) in enumerate(spans):
+        ax.axvspan(first - 0.5, last + 0.5, color="0.93" if i % 2 else "0.97", zorder=0)
+        if len(spans) <= 30:
+            ax.text((first + last) / 2, label_y, label, ha="center", va="bottom", fontsize=7,
+                    rotation=0 if len(spans) < 8 else 60)  # fmt: skip
+
+
 def story_timeline(
     scores: list[float | None],
     statuses: list[str],
@@ -89,18 +98,7 @@ def story_timeline(
     high = max(known) if known else 1.0
     pad = max((high - low) * 0.1, 0.01)
     floor = low - pad
-    for i, (first, last, label) in enumerate(spans):
-        ax.axvspan(first - 0.5, last + 0.5, color="0.93" if i % 2 else "0.97", zorder=0)
-        if len(spans) <= 30:
-            ax.text(
-                (first + last) / 2,
-                high + pad * 0.6,
-                label,
-                ha="center",
-                va="bottom",
-                fontsize=7,
-                rotation=0 if len(spans) < 8 else 60,
-            )
+    shade_sweeps(ax, spans, high + pad * 0.6)
     for first, last, mean, std in bands:
         ax.fill_between([first - 0.4, last + 0.4], mean - std, mean + std, color="tab:green", alpha=0.2, zorder=1)
         ax.hlines(mean, first - 0.4, last + 0.4, color="tab:green", linewidth=1, zorder=1)
@@ -115,11 +113,8 @@ def story_timeline(
             ax.scatter(idx, ys, marker="o", facecolors=face, edgecolors=colour, label=status.lower(), zorder=3, s=22)
         else:
             ax.scatter(idx, ys, marker="x", color=colour, label=status.lower(), zorder=3, s=22)
-    best, line = None, []
-    for s in scores:
-        if s is not None and (best is None or (s < best if lower_is_better else s > best)):
-            best = s
-        line.append(best if best is not None else np.nan)
+    sign = -1.0 if lower_is_better else 1.0  # fmax skips the jobs without a score
+    line = sign * np.fmax.accumulate(sign * np.array([np.nan if v is None else v for v in scores], dtype=float))
     ax.step(range(n), line, where="post", color="black", linewidth=1.2, label="best so far", zorder=2)
     ax.set(xlabel="jobs in launch order", ylabel=metric, xlim=(-0.7, n - 0.3), ylim=(floor - pad * 0.5, high + pad * 2))
     ax.grid(alpha=0.3)
