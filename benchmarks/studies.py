@@ -231,7 +231,8 @@ def bench_distill(results: dict, train: Split, budget: float, teachers: int = 3,
     its training step with [labels | probabilities] targets, and the teachers' forward pass at the
     training batch size (what an online teacher adds to every step) and in predict's batches of 256
     (what fer_exp computes once per training image and view). Both as a share of the student's
-    training time over `fast`'s epochs."""
+    training time over `fast`'s epochs. Then distill.views=online as it runs: the student's fit fed by
+    the augmenting pipeline with the teachers in it, against the same pipeline carrying probabilities."""
     from fer_exp.models.evaluation import view_probabilities
     from fer_exp.training.teachers import online as online_teacher
 
