@@ -4,6 +4,7 @@ PostgreSQL where .ci/run sets FER_EXP_TEST_POSTGRES, else SQLite, artifacts prox
 checked over HTTP; then the worker node is killed mid-sweep."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,26 +29,26 @@ FAST_HEALTH_CHECK = {
 }
 
 
-def wait_started(node: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    """Wait for `ray start --block` to report its node up (it then blocks)."""
+def wait_started(node: subprocess.Popen, log: Path, until: str = "Ray runtime started", timeout: float = 120):
+    """Wait for `ray start --block` to report its node up (it then blocks): the match of `until` in its log."""
     deadline = time.time() + timeout
-    while "Ray runtime started" not in log.read_text():
+    while not (found := re.search(until, log.read_text())):
         assert node.poll() is None and time.time() < deadline, f"the Ray node did not start: {log.read_text()[-2000:]}"
         time.sleep(0.5)
+    return found
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """(tracking server URL, Ray address, worker node process, folder); all stopped at the end."""
     tmp = tmp_path_factory.mktemp("cluster")
-    port, gcs = free_port(), free_port()
-    url, address = f"http://127.0.0.1:{port}", f"127.0.0.1:{gcs}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
     db = os.environ.get("FER_EXP_TEST_POSTGRES") or f"sqlite:///{tmp / 'server.db'}"
     command = make_command("server", SERVER_DB=db, SERVER_ARTIFACTS=tmp / "served", SERVER_PORT=port, WORKERS=2)
     assert "--host 127.0.0.1" in command and "--serve-artifacts" in command
     server, nodes = start(command, tmp / "server.log", shell=True), []
     try:
-        # Ray swaps 127.0.0.1 for this machine's own address (its nodes must reach each other); still one machine
         node = [RAY, "start", "--block", "--num-cpus=1", "--object-store-memory=200000000", "--disable-usage-stats"]
         # started elsewhere than the driver: jobs move to the driver's folder (a git checkout) themselves
         nodes.append(
@@ -55,7 +56,7 @@ def cluster(tmp_path_factory):
                 [
                     *node,
                     "--head",
-                    f"--port={gcs}",
+                    "--port=0",  # the GCS binds a free port itself: a port picked here beforehand can be taken meanwhile
                     "--include-dashboard=false",
                     f"--ray-client-server-port={free_port()}",
                 ],
@@ -64,7 +65,8 @@ def cluster(tmp_path_factory):
                 cwd=tmp,
             )
         )
-        wait_started(nodes[0], tmp / "head.log")
+        # the head's address as it prints it for other nodes: this machine's own, not 127.0.0.1; still one machine
+        address = wait_started(nodes[0], tmp / "head.log", r"ray start --address='([^']+)'")[1]
         nodes.append(start([*node, f"--address={address}"], tmp / "worker.log", cwd=tmp))
         wait_started(nodes[1], tmp / "worker.log")
         wait_http(f"{url}/health", server)
