@@ -1,6 +1,7 @@
 """Sweeps that survive and replay: NaN, budgets, interrupts and resume, determinism,
 parallel jobs and Optuna, each run for real on tiny synthetic data."""
 
+import math
 import signal
 import subprocess
 import sys
@@ -101,6 +102,8 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
         "-m",
         "model=shallow",
         "lr=1e-4,1e-3",
+        "optimizer=adamw",  # weight_decay=0.0, the default
+        "lr_schedule=cosine",
         "data=synthetic",
         "data.train_per_class=20",
         "data.val_per_class=5",
@@ -150,6 +153,10 @@ def test_interrupted_sweep_resumes_without_retraining(tmp_path):
     assert cont.data.tags["fer_exp.resumed_from"] == killed[0].info.run_id
     assert [m.step for m in client.get_metric_history(cont.info.run_id, "loss")] == [1, 2, 3]  # epochs 2..4
     assert cont.data.metrics["epochs_run"] == 4
+    # The optimizer (AdamW, not Keras's default RMSprop) and its step count continue: the cosine schedule of
+    # 4 epochs goes on from the end of epoch 1 to 0 (a fresh step count would restart it from 1e-3 x 0.85).
+    lrs = [m.value for m in client.get_metric_history(cont.info.run_id, "lr")]
+    assert lrs == pytest.approx([1e-3 * (1 + math.cos(math.pi * k / 4)) / 2 for k in (2, 3, 4)], rel=1e-3, abs=1e-7)
 
 
 @slow

@@ -168,16 +168,22 @@ class EpochCheckpoint(keras.callbacks.Callback):
 
     @classmethod
     def restore(
-        cls, run_id: str, dst: Path, best_checkpoint: keras.callbacks.ModelCheckpoint
-    ) -> tuple[keras.Model, dict]:
-        """(the model with its optimizer state, the state) from run `run_id`'s last checkpoint;
-        its best model so far becomes best_checkpoint's file and best value."""
+        cls, run_id: str, dst: Path, best_checkpoint: keras.callbacks.ModelCheckpoint, model: keras.Model
+    ) -> dict:
+        """Load run `run_id`'s last checkpoint into `model` (compiled as its config says): the weights and the
+        optimizer state, so schedules continue. Its best model so far becomes best_checkpoint's file and best
+        value. Returns the state.
+
+        The model comes from the config, not from the archive's compile config: Keras (3.15) drops the
+        optimizer from a model's compile config when it saves the model as .h5 (best_checkpoint does), and
+        load_model would then compile the default RMSprop (keras-team/keras#23475)."""
         folder = tracking.download_artifacts(run_id, cls.ARTIFACTS, dst)
         if folder is None or not (folder / cls.STATE).is_file():
             raise FileNotFoundError(f"run {run_id} has no {cls.ARTIFACTS}/{cls.STATE} to resume from")
         state = json.loads((folder / cls.STATE).read_text())
-        model = keras.models.load_model(folder / cls.LAST)
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(folder / cls.LAST)
         if (folder / cls.BEST).exists():
             (folder / cls.BEST).replace(best_checkpoint.filepath)
             best_checkpoint.best = state["best"]
-        return model, state
+        return state

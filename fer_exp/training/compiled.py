@@ -15,7 +15,8 @@ def make_optimizer(name: str, lr, weight_decay: float = 0.0, ema: bool = False) 
     """adam | adamw | sgd (Nesterov, momentum 0.9); `lr` may be a schedule."""
     if name not in OPTIMIZERS:
         raise ValueError(f"optimizer={name!r} is unknown; choose one of {sorted(OPTIMIZERS)}")
-    kwargs = {"learning_rate": lr, "weight_decay": weight_decay or None, "use_ema": ema}
+    decay = float(weight_decay) if name == "adamw" else weight_decay or None  # AdamW wants a float, 0.0 for none
+    kwargs = {"learning_rate": lr, "weight_decay": decay, "use_ema": ema}
     if name == "sgd":
         kwargs.update(momentum=0.9, nesterov=True)
     return OPTIMIZERS[name](**kwargs)

@@ -142,14 +142,14 @@ def start_model(
     num_classes: int,
     images,
 ) -> tuple[keras.Model, dict]:
-    """(the model, its state: last epoch and history): the interrupted run's last checkpoint, or a new model
-    (its whitening stem, if it has one, set from the training `images`)."""
+    """(the model, its state: last epoch and history): the config's model, with the interrupted run's last
+    checkpoint loaded into it, or new (its whitening stem, if it has one, set from the training `images`)."""
+    model = compile_model(config, num_classes, -(-len(images) // max(1, config["batch_size"])))
     if not interrupted:
-        model = compile_model(config, num_classes, -(-len(images) // max(1, config["batch_size"])))
         if whiten(model, images):
             log.info("the whitening stem: set from the training images' 3x3 patches")
         return model, {"epoch": -1, "history": {}}
-    model, state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best)
+    state = EpochCheckpoint.restore(interrupted["run_id"], out / "resumed", best, model)
     log.info("resume: continuing run %s after epoch %d", interrupted["run_id"], state["epoch"] + 1)
     return model, state
 
