@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -14,9 +15,19 @@ from helpers.runner import ROOT, user_env
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port for a server to bind later, below the ephemeral range that outgoing connections draw
+    their local ports from: one picked there (bind to port 0) can be taken by a connection before the
+    server binds it, as a Ray head's was by a PostgreSQL connection in CI."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    for port in random.sample(range(10000, low), 100):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError(f"no free port found in 100 tries below {low}")
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
