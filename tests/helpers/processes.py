@@ -15,12 +15,13 @@ from helpers.runner import ROOT, user_env
 
 
 def free_port() -> int:
-    """A free port for a server to bind later, below the ephemeral range that outgoing connections draw
-    their local ports from: one picked there (bind to port 0) can be taken by a connection before the
-    server binds it, as a Ray head's was by a PostgreSQL connection in CI."""
+    """A free port for a server to bind later, between Ray's worker ports (10002-19999 by default, which
+    `ray start` refuses to share) and the ephemeral range that outgoing connections draw their local ports
+    from: one picked there (bind to port 0) can be taken by a connection before the server binds it, as a
+    Ray head's was by a PostgreSQL connection in CI."""
     ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
     low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
-    for port in random.sample(range(10000, low), 100):
+    for port in random.sample(range(20000, low), 100):
         with socket.socket() as s:
             try:
                 s.bind(("127.0.0.1", port))
