@@ -28,7 +28,7 @@ def free_port() -> int:
             except OSError:
                 continue
             return port
-    raise AssertionError(f"no free port found in 100 tries below {low}")
+    raise AssertionError(f"no free port found in 100 tries in 20000-{low - 1}")
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
