@@ -118,6 +118,21 @@ def test_fast_costs_under_a_third_of_the_recipes_training_flops(compose):
     assert total["fast"] <= total["recipe"] / 3, total
 
 
+def test_a_sweeps_jobs_count_an_architectures_flops_once(monkeypatch):
+    """Two builds of one architecture (their layers named apart) share the count; another width does not."""
+    from fer_exp.models import build_model, builders, training_flops
+
+    profiled = []
+    monkeypatch.setattr(builders, "_FLOPS", {})
+    monkeypatch.setattr(builders, "_profile_flops", lambda model: profiled.append(model) or (1, model.count_params()))
+    first, again = build_model("shallow", (48, 48, 1), 7), build_model("shallow", (48, 48, 1), 7)
+    assert [layer.name for layer in first.layers] != [layer.name for layer in again.layers]
+    assert training_flops(first) == training_flops(again) and profiled == [first]
+    wider = build_model("airbench", (48, 48, 1), 7, widths=[64, 128, 256])
+    narrower = build_model("airbench", (48, 48, 1), 7, widths=[48, 96, 192])
+    assert training_flops(wider) != training_flops(narrower) and profiled == [first, wider, narrower]
+
+
 def test_vgg_crop_sees_the_central_crop_of_whole_faces():
     from fer_exp.models import build_model
 

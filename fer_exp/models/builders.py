@@ -8,6 +8,7 @@ other keys are the builder's keyword arguments.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
 
 import keras
@@ -193,7 +194,28 @@ def training_flops(model: keras.Model) -> tuple[int, int]:
     the graphs of one forward pass and of one forward + backward pass (the gradients of every weight).
 
     Optimizer and EMA updates (a few per weight, per batch) are left out; they are under 0.1% here.
+    Counted once per architecture in a process: a sweep's jobs that differ in other settings reuse it.
     """
+    key = architecture(model)
+    if key not in _FLOPS:
+        _FLOPS[key] = _profile_flops(model)
+    return _FLOPS[key]
+
+
+_FLOPS: dict[str, tuple[int, int]] = {}
+
+
+def architecture(model: keras.Model) -> str:
+    """model.to_json() with every layer name replaced by its order of appearance: two builds of one
+    architecture give the same text (Keras numbers their layers apart: conv2d, conv2d_1, ...)."""
+    text = model.to_json()
+    order: dict[str, str] = {}
+    for name in re.findall(r'"name": "([^"]*)"', text):
+        order.setdefault(name, f"#{len(order)}")
+    return re.sub(r'"([^"]*)"', lambda m: f'"{order.get(m.group(1), m.group(1))}"', text)
+
+
+def _profile_flops(model: keras.Model) -> tuple[int, int]:
     import tensorflow as tf
 
     def step(x, y):

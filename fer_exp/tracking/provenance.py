@@ -4,6 +4,7 @@ the installed packages and the lock they came from, the command line, and the CP
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import platform
 import shlex
@@ -50,8 +51,10 @@ def code_state(root: Path = ROOT) -> dict | None:
     return {"commit": commit, "dirty": dirty, "patch": patch, "untracked": untracked}
 
 
+@functools.cache
 def packages() -> dict[str, str]:
-    """{distribution name (lower case): version} of everything installed in this environment."""
+    """{distribution name (lower case): version} of everything installed in this environment, read once
+    per process (a sweep's jobs share it): what the process loaded is what was installed when it began."""
     found = {}
     for d in distributions():
         name = (d.metadata["Name"] or "").lower().replace("_", "-")
